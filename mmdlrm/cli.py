@@ -1,0 +1,114 @@
+"""Command line: synth | prepare | train | evaluate. The only place that reads argv.
+
+Every knob is a config field: `key=value` overrides after the options (e.g. `train.batch_size=1024`). The few
+options below are shorthands for the fields they name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from mmdlrm.config import ConfigError, load_config
+
+log = logging.getLogger("mmdlrm")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmdlrm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    synth = sub.add_parser("synth", help="write a synthetic release in ml-25m CSV format (data.synthetic.*)")
+    synth.add_argument("out", type=Path, help="folder to write ratings.csv, movies.csv, links.csv, tags.csv, truth.npz")
+    synth.add_argument("--users", type=int, help="data.synthetic.num_users")
+    synth.add_argument("--num-movies", type=int, help="data.synthetic.num_movies")
+    synth.add_argument("--ratings", type=int, help="data.synthetic.num_ratings (up to 25M and beyond)")
+    synth.add_argument("--seed", type=int, help="data.synthetic.seed")
+    synth.add_argument("--movies", type=str, help="data.synthetic.movies_csv: borrow titles and genres")
+
+    prepare = sub.add_parser("prepare", help="turn a MovieLens release folder into a prepared Parquet dataset")
+    prepare.add_argument("source", type=Path, help="release folder (ml-25m, ml-1m, ml-100k, ...)")
+    prepare.add_argument("--out", type=Path, required=True, help="folder for the prepared dataset")
+    prepare.add_argument("--split", choices=["random", "temporal"], help="data.split")
+    prepare.add_argument("--seed", type=int, help="data.seed")
+    prepare.add_argument("--on-bad-rows", choices=["error", "skip"], help="data.on_bad_rows")
+
+    train = sub.add_parser("train", help="train, validate, early-stop, test beside the baselines, write plots")
+    evaluate = sub.add_parser("evaluate", help="test a trained run's best checkpoint beside the baselines")
+    evaluate.add_argument("run", type=Path, help="run folder (holds config.yaml and checkpoints/best)")
+    for command in (synth, prepare, train, evaluate):
+        command.add_argument("--config", type=Path, help="YAML config (see configs/)")
+        command.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
+    return parser
+
+
+def _shorthands(args: argparse.Namespace) -> list[str]:
+    fields = {
+        "users": "data.synthetic.num_users", "num_movies": "data.synthetic.num_movies",
+        "ratings": "data.synthetic.num_ratings", "movies": "data.synthetic.movies_csv",
+        "split": "data.split", "on_bad_rows": "data.on_bad_rows",
+        "seed": "data.synthetic.seed" if args.command == "synth" else "data.seed",
+    }  # fmt: skip
+    return [f"{key}={getattr(args, name)}" for name, key in fields.items() if getattr(args, name, None) is not None]
+
+
+def _quiet_libraries(rank: int) -> None:
+    """Our INFO lines on rank 0; libraries' warnings only (TorchRec and FBGEMM log a lot at INFO)."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", force=True)
+    log.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    # Deprecation notices from inside TorchRec / torch.distributed that we cannot act on.
+    for category in (FutureWarning, UserWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"(torchrec|torch|fbgemm_gpu)(\.|$)")
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; user errors print one line and return 2 instead of a traceback."""
+    args = _parser().parse_args(argv)
+    _quiet_libraries(rank=int(os.environ.get("RANK", 0)))
+    from mmdlrm.data.tables import DataError
+    from mmdlrm.distributed.checkpoint import CheckpointError
+
+    try:
+        return _run(args)
+    except (ConfigError, DataError, CheckpointError, FileNotFoundError) as err:
+        print(f"mmdlrm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "evaluate":
+        config_path = args.config or args.run / "config.yaml"
+        if not Path(config_path).is_file():
+            raise FileNotFoundError(f"{args.run}: no config.yaml; is this a run folder written by `mmdlrm train`?")
+        cfg = load_config(config_path, args.overrides)
+    else:
+        cfg = load_config(args.config, [*args.overrides, *_shorthands(args)])
+    if args.command == "synth":
+        from mmdlrm.data.synthetic import generate
+
+        generate(cfg.data.synthetic, args.out)
+        return 0
+    if args.command == "prepare":
+        from mmdlrm.data.movielens import read_release
+        from mmdlrm.data.prepare import prepare
+
+        release = read_release(args.source, cfg.data.on_bad_rows)
+        prepare(release, args.out, cfg.data.split, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.seed)
+        return 0
+    from mmdlrm.distributed.env import init_distributed, teardown
+    from mmdlrm import train as training
+
+    env = init_distributed(cfg.train.device)
+    try:
+        if args.command == "train":
+            training.train(cfg, env)
+        else:
+            training.evaluate_run(cfg, args.run, env)
+    finally:
+        teardown()
+    return 0

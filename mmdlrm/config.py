@@ -1,0 +1,281 @@
+"""RunConfig and its sections: one typed tree, loaded from YAML and overridden by dotted `key=value` pairs.
+
+Precedence: dataclass defaults <- `configs/<name>.yaml` <- command-line overrides. Every value is checked against
+its field's type; an unknown key fails with the nearest valid name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+SYNTHETIC = "synthetic"
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema; the message names the key and the fix."""
+
+
+@dataclass
+class SyntheticConfig:
+    """Size and noise of the built-in synthetic MovieLens-format release (see mmdlrm.data.synthetic)."""
+
+    num_users: int = 20_000
+    num_movies: int = 4_000
+    num_ratings: int = 1_000_000
+    latent_dim: int = 8
+    """Dimension of the planted user tastes and genre vectors."""
+    noise: float = 0.5
+    """Standard deviation of the rating noise, in stars."""
+    seed: int = 0
+    movies_csv: str | None = None
+    """Borrow titles and genres from a real movies.csv (e.g. ../shared/data/ml-25m/movies.csv)."""
+
+    def __post_init__(self) -> None:
+        for name in ("num_users", "num_movies", "num_ratings", "latent_dim"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"data.synthetic.{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_ratings > self.num_users * self.num_movies // 2:
+            raise ConfigError(
+                f"data.synthetic.num_ratings={self.num_ratings} is over half of all user-movie pairs "
+                f"({self.num_users} x {self.num_movies}); lower it or raise num_users / num_movies"
+            )
+        if self.noise < 0:
+            raise ConfigError(f"data.synthetic.noise must be >= 0, got {self.noise}")
+
+
+@dataclass
+class DataConfig:
+    """Where the ratings come from and how they are split."""
+
+    source: str = SYNTHETIC
+    """`synthetic` (the built-in generator) or the folder of a MovieLens release (ml-25m, ml-1m, ml-100k, ...)."""
+    cache_dir: str = "data"
+    """Generated releases and prepared datasets are kept here, keyed by their settings, and reused."""
+    split: Literal["random", "temporal"] = "random"
+    """`random`: seeded shuffle of all ratings. `temporal`: each user's latest ratings are held out."""
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    seed: int = 0
+    """Seed of the split."""
+    on_bad_rows: Literal["error", "skip"] = "error"
+    """`error` stops at the first bad row (file, line, column); `skip` drops bad rows and reports how many."""
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("val_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if not 0.0 < value < 0.5:
+                raise ConfigError(f"data.{name} must be in (0, 0.5), got {value}")
+
+
+@dataclass
+class ModelConfig:
+    """Embedding tables, DLRM arches and the prediction task."""
+
+    embedding_dim: int = 32
+    """Width of every embedding table (TorchRec's DLRM needs one width); a multiple of 4."""
+    dense_arch: list[int] = field(default_factory=lambda: [64])
+    """Hidden sizes of the dense arch; its output width is embedding_dim, appended automatically."""
+    over_arch: list[int] = field(default_factory=lambda: [128, 64])
+    """Hidden sizes of the over arch; the single output unit is appended automatically."""
+    task: Literal["rating", "binary"] = "rating"
+    """`rating`: regression scaled into the rating range (MSE). `binary`: liked or not (BCE)."""
+    liked_threshold: float = 4.0
+    """For task=binary, a rating at or above this counts as liked."""
+    year_bucket_years: int = 5
+    """Release years are bucketed into spans of this many years for the `year` sparse feature."""
+
+    def __post_init__(self) -> None:
+        if self.embedding_dim < 4 or self.embedding_dim % 4:
+            raise ConfigError(
+                f"model.embedding_dim must be a positive multiple of 4 (TorchRec's kernels), got {self.embedding_dim}"
+            )
+        if any(size < 1 for size in self.dense_arch + self.over_arch):
+            raise ConfigError("model.dense_arch and model.over_arch sizes must be >= 1")
+        if not self.over_arch:
+            raise ConfigError("model.over_arch needs at least one hidden layer")
+        if self.year_bucket_years < 1:
+            raise ConfigError(f"model.year_bucket_years must be >= 1, got {self.year_bucket_years}")
+
+
+@dataclass
+class ShardingConfig:
+    """How the embedding tables are placed on processes (TorchRec's planner chooses where unset)."""
+
+    plan: str | None = None
+    """One sharding type for every table (data_parallel, table_wise, column_wise, table_column_wise, row_wise,
+    table_row_wise), or unset to let the planner choose among those the device supports."""
+    sparse_optimizer: Literal["rowwise_adagrad", "adagrad", "sgd"] = "rowwise_adagrad"
+    """Fused into the backward pass by FBGEMM. On CPU only these exist (Adam is CUDA-only)."""
+    sparse_lr: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.sparse_lr <= 0:
+            raise ConfigError(f"sharding.sparse_lr must be > 0, got {self.sparse_lr}")
+
+
+@dataclass
+class TrainConfig:
+    """The training loop: batches, dense optimiser, epochs and early stopping."""
+
+    batch_size: int = 4096
+    """Global batch; each rank reads batch_size // world_size rows."""
+    dense_lr: float = 1e-3
+    """Adam learning rate of the dense and over arches."""
+    max_epochs: int = 10
+    min_epochs: int = 2
+    patience: int = 2
+    """Epochs without validation improvement before stopping (after min_epochs)."""
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """`auto`: CUDA when present, else CPU."""
+    progress: bool = True
+    """Show tqdm bars (rank 0 only)."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"train.batch_size must be >= 1, got {self.batch_size}")
+        if self.dense_lr <= 0:
+            raise ConfigError(f"train.dense_lr must be > 0, got {self.dense_lr}")
+        if self.patience < 1:
+            raise ConfigError(f"train.patience must be >= 1, got {self.patience}")
+        if not 1 <= self.min_epochs <= self.max_epochs:
+            raise ConfigError(
+                f"need 1 <= train.min_epochs <= train.max_epochs, got {self.min_epochs} and {self.max_epochs}"
+            )
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation batches."""
+
+    batch_size: int = 65_536
+
+
+@dataclass
+class RunConfig:
+    """Everything one run needs; written to `<run_dir>/config.yaml`."""
+
+    name: str = "run"
+    """Name of the run; its folder is `<output_dir>/<name>`."""
+    output_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sharding: ShardingConfig = field(default_factory=ShardingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        """Folder holding this run's config, metrics, checkpoint and plots."""
+        return Path(self.output_dir) / self.name
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Build a RunConfig from defaults, an optional YAML file and `key=value` overrides.
+
+    Raises:
+        ConfigError: unknown keys (with the nearest valid name), values of the wrong type, failed checks.
+        FileNotFoundError: the YAML file does not exist.
+    """
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} not found; the configs/ folder lists the shipped ones")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+        tree = loaded or {}
+        source = str(path)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not key=value (e.g. train.batch_size=1024)")
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    return _build(RunConfig, tree, prefix="", source=source)
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """The config as plain data, for YAML and JSON."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML that load_config reads back to an equal RunConfig."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key}: {part} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str, source: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(fields)}"
+            raise ConfigError(f"{source}: unknown key {prefix}{key}{hint}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {prefix}{key} is a section; give it keys, not {value!r}")
+            kwargs[key] = _build(hint, value, f"{prefix}{key}.", source)
+        else:
+            kwargs[key] = _check_type(value, hint, f"{prefix}{key}", source)
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
+def _check_type(value: Any, hint: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{source}: {key} must be one of {', '.join(map(str, args))}; got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _check_type(value, arg, key, source)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0])
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: {key} must be a list like [64, 32]; got {value!r}")
+        return [_check_type(v, args[0], key, source) for v in value]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{source}: {key} must be {hint.__name__}; got {value!r}")
+    return value

@@ -1,0 +1,255 @@
+"""Readers for the MovieLens releases people actually have, with validation of what they read.
+
+| release                          | files                                   | layout                         |
+| -------------------------------- | --------------------------------------- | ------------------------------ |
+| ml-20m, ml-25m, ml-32m, latest   | ratings.csv movies.csv [links tags].csv | CSV with header                |
+| ml-1m, ml-10m                    | ratings.dat movies.dat [tags.dat]       | `::`-separated, no header      |
+| ml-100k                          | u.data u.item [u.genre]                 | tab / pipe-separated, latin-1  |
+
+Every reader returns a `Release` with the same column names and types, so nothing downstream knows which one it was.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mmdlrm.data.tables import BadRows, DataError, OnBadRows, TextFormat, first_line, read_table
+
+log = logging.getLogger(__name__)
+
+ReleaseKind = Literal["csv", "dat", "100k"]
+
+NO_GENRES = "(no genres listed)"
+# ml-100k's u.genre and ml-1m's movies.dat spell some genres the old way; later releases are the reference.
+_GENRE_ALIASES = {"Children's": "Children", "unknown": NO_GENRES}
+# The 19 genre flags of ml-100k's u.item, in column order (u.genre lists the same).
+ML100K_GENRES = [
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
+    "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
+]  # fmt: skip
+RATING_RANGE = (0.5, 5.0)
+
+_CSV = TextFormat()
+_DAT = TextFormat(delimiter="\x1f", header=False, encoding="latin-1", multi_char_delimiter="::", quoting=False)
+
+
+@dataclass
+class Release:
+    """One MovieLens release, read and checked.
+
+    `ratings`: user_id int64, movie_id int64, rating float32 (stars), timestamp int64 (Unix seconds).
+    `movies`: movie_id int64, title string, genres list<string> (empty list for no genres).
+    `tags` (user_id, movie_id, tag, timestamp) and `links` (movie_id, imdb_id, tmdb_id) where the release has them.
+    """
+
+    kind: ReleaseKind
+    folder: Path
+    ratings: pa.Table
+    movies: pa.Table
+    tags: pa.Table | None = None
+    links: pa.Table | None = None
+    files: list[Path] = field(default_factory=list)
+    bad_rows: BadRows = field(default_factory=BadRows)
+
+
+def detect_release(folder: str | Path) -> ReleaseKind:
+    """Tell the release layout from the files in `folder`.
+
+    Raises:
+        DataError: the folder is missing or holds no ratings file of a known release.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a folder; point data.source at an unpacked MovieLens release")
+    if (folder / "ratings.csv").is_file():
+        return "csv"
+    if (folder / "ratings.dat").is_file():
+        return "dat"
+    if (folder / "u.data").is_file():
+        return "100k"
+    raise DataError(
+        f"{folder}: no ratings.csv (ml-20m/25m/32m/latest), ratings.dat (ml-1m/10m) or u.data (ml-100k) here; "
+        "point data.source at the unpacked release folder"
+    )
+
+
+def read_release(folder: str | Path, on_bad_rows: OnBadRows = "error") -> Release:
+    """Read and validate the MovieLens release in `folder` (layout detected from its files).
+
+    Raises:
+        DataError: any bad input, naming file, line and column (unless on_bad_rows='skip' drops the row).
+    """
+    folder = Path(folder)
+    kind = detect_release(folder)
+    bad = BadRows()
+    reader = {"csv": _read_csv_release, "dat": _read_dat_release, "100k": _read_100k_release}[kind]
+    release = reader(folder, on_bad_rows, bad)
+    release.bad_rows = bad
+    release.ratings = _validate_ratings(release, on_bad_rows)
+    release.files = [f for f in release.files if f.is_file()]
+    log.info(
+        "read %s release %s: %d ratings, %d movies%s",
+        kind, folder, release.ratings.num_rows, release.movies.num_rows,
+        f", {bad.total} bad rows skipped" if bad.total else "",
+    )  # fmt: skip
+    return release
+
+
+def _read_csv_release(folder: Path, on_bad_rows: OnBadRows, bad: BadRows) -> Release:
+    ratings = read_table(
+        folder / "ratings.csv",
+        {"userId": pa.int64(), "movieId": pa.int64(), "rating": pa.float32(), "timestamp": pa.int64()},
+        _CSV,
+        rename={"userId": "user_id", "movieId": "movie_id"},
+        on_bad_rows=on_bad_rows,
+        bad_rows=bad,
+    )
+    movies = read_table(
+        folder / "movies.csv",
+        {"movieId": pa.int64(), "title": pa.string(), "genres": pa.string()},
+        _CSV,
+        rename={"movieId": "movie_id"},
+        on_bad_rows=on_bad_rows,
+        bad_rows=bad,
+    )
+    release = Release("csv", folder, ratings, _split_genres(movies), files=[folder / "ratings.csv", folder / "movies.csv"])
+    if (folder / "tags.csv").is_file():
+        release.tags = read_table(
+            folder / "tags.csv",
+            {"userId": pa.int64(), "movieId": pa.int64(), "tag": pa.string(), "timestamp": pa.int64()},
+            _CSV,
+            rename={"userId": "user_id", "movieId": "movie_id"},
+            on_bad_rows="skip",
+            bad_rows=bad,
+        )
+        release.files.append(folder / "tags.csv")
+    if (folder / "links.csv").is_file():
+        links = read_table(
+            folder / "links.csv",
+            {"movieId": pa.int64(), "imdbId": pa.string(), "tmdbId": pa.string()},
+            _CSV,
+            rename={"movieId": "movie_id", "imdbId": "imdb_id", "tmdbId": "tmdb_id"},
+            on_bad_rows="skip",
+            bad_rows=bad,
+        )
+        tmdb = pc.if_else(pc.equal(links["tmdb_id"], ""), None, links["tmdb_id"])
+        release.links = links.set_column(2, "tmdb_id", pc.cast(tmdb, pa.int64()))
+        release.files.append(folder / "links.csv")
+    return release
+
+
+def _read_dat_release(folder: Path, on_bad_rows: OnBadRows, bad: BadRows) -> Release:
+    ratings = read_table(
+        folder / "ratings.dat",
+        {"user_id": pa.int64(), "movie_id": pa.int64(), "rating": pa.float32(), "timestamp": pa.int64()},
+        _DAT,
+        names=["user_id", "movie_id", "rating", "timestamp"],
+        on_bad_rows=on_bad_rows,
+        bad_rows=bad,
+    )
+    movies = read_table(
+        folder / "movies.dat",
+        {"movie_id": pa.int64(), "title": pa.string(), "genres": pa.string()},
+        _DAT,
+        names=["movie_id", "title", "genres"],
+        on_bad_rows=on_bad_rows,
+        bad_rows=bad,
+    )
+    release = Release("dat", folder, ratings, _split_genres(movies), files=[folder / "ratings.dat", folder / "movies.dat"])
+    if (folder / "tags.dat").is_file():  # ml-10m
+        release.tags = read_table(
+            folder / "tags.dat",
+            {"user_id": pa.int64(), "movie_id": pa.int64(), "tag": pa.string(), "timestamp": pa.int64()},
+            _DAT,
+            names=["user_id", "movie_id", "tag", "timestamp"],
+            on_bad_rows="skip",
+            bad_rows=bad,
+        )
+        release.files.append(folder / "tags.dat")
+    return release
+
+
+def _read_100k_release(folder: Path, on_bad_rows: OnBadRows, bad: BadRows) -> Release:
+    ratings = read_table(
+        folder / "u.data",
+        {"user_id": pa.int64(), "movie_id": pa.int64(), "rating": pa.float32(), "timestamp": pa.int64()},
+        TextFormat(delimiter="\t", header=False, quoting=False),
+        names=["user_id", "movie_id", "rating", "timestamp"],
+        on_bad_rows=on_bad_rows,
+        bad_rows=bad,
+    )
+    flags = [f"g{i}" for i in range(len(ML100K_GENRES))]
+    names = ["movie_id", "title", "release_date", "video_release_date", "imdb_url", *flags]
+    items = read_table(
+        folder / "u.item",
+        {"movie_id": pa.int64(), "title": pa.string(), **{f: pa.int8() for f in flags}},
+        TextFormat(delimiter="|", header=False, encoding="latin-1", quoting=False),
+        names=names,
+        on_bad_rows=on_bad_rows,
+        bad_rows=bad,
+    )
+    flag_matrix = np.stack([items.column(f).to_numpy() for f in flags], axis=1).astype(bool)
+    genre_names = np.array([_GENRE_ALIASES.get(g, g) for g in ML100K_GENRES], dtype=object)
+    genres = [[g for g in genre_names[row] if g != NO_GENRES] for row in flag_matrix]
+    movies = pa.table(
+        {"movie_id": items["movie_id"], "title": items["title"], "genres": pa.array(genres, pa.list_(pa.string()))}
+    )
+    return Release("100k", folder, ratings, movies, files=[folder / "u.data", folder / "u.item"])
+
+
+def _split_genres(movies: pa.Table) -> pa.Table:
+    """Turn the `A|B|C` genre strings into lists, with old spellings mapped to the current ones."""
+    genres = pc.split_pattern(movies["genres"], "|")
+    flat = pc.list_flatten(genres).to_numpy(zero_copy_only=False)
+    flat = np.array([_GENRE_ALIASES.get(g, g) for g in flat], dtype=object) if len(flat) else flat
+    keep = flat != NO_GENRES
+    lengths = pc.fill_null(pc.list_value_length(genres), 0).to_numpy()
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    kept_lengths = np.bincount(rows[keep], minlength=len(lengths))
+    offsets = np.r_[0, np.cumsum(kept_lengths)].astype(np.int32)
+    lists = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat[keep].tolist(), pa.string()))
+    return movies.set_column(movies.column_names.index("genres"), "genres", lists)
+
+
+def _validate_ratings(release: Release, on_bad_rows: OnBadRows) -> pa.Table:
+    """Check ratings against the rating range and the movie catalogue; drop or report offenders."""
+    ratings = release.ratings
+    path = release.files[0]
+    header = release.kind == "csv"
+    rating = ratings["rating"].to_numpy()
+    out_of_range = ~((rating >= RATING_RANGE[0]) & (rating <= RATING_RANGE[1]))
+    unknown = ~pc.is_in(ratings["movie_id"], value_set=release.movies["movie_id"]).to_numpy(zero_copy_only=False)
+    checks = [
+        (out_of_range, "rating outside 0.5..5.0", "ratings are stars from 0.5 to 5.0", "rating"),
+        (unknown, "movie id not in the movies file", "add the movie to the movies file or drop the rating", "movie"),
+    ]
+    keep = np.ones(len(rating), dtype=bool)
+    for mask, reason, fix, what in checks:
+        if not mask.any():
+            continue
+        if on_bad_rows == "skip":
+            release.bad_rows.add(path, reason, int((mask & keep).sum()))
+            keep &= ~mask
+            continue
+        index = int(np.flatnonzero(mask)[0])
+        value = rating[index] if what == "rating" else ratings["movie_id"][index].as_py()
+        column = 3 if what == "rating" else 2
+        raise DataError(
+            f"{path} line {first_line(path, mask, header)}, column {column}: {reason} ({value}); {fix}, "
+            "or pass data.on_bad_rows=skip"
+        )
+    return ratings.filter(pa.array(keep)) if not keep.all() else ratings
+
+
+def parse_years(titles: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Release year from titles like `Toy Story (1995)`; 0 where the title carries none."""
+    found = pc.extract_regex(titles, r"\((?P<year>\d{4})(?:[-–]\d{0,4})?\)\s*$")
+    years = pc.struct_field(found, "year")
+    return pc.fill_null(pc.cast(years, pa.int32()), 0).to_numpy(zero_copy_only=False)

@@ -1,0 +1,105 @@
+"""Sharding the embedding tables: the planner, DistributedModelParallel and the optimisers.
+
+The sparse optimiser is fused into the backward pass by FBGEMM (`apply_optimizer_in_backward`); dense parameters
+get their own Adam. Capabilities are checked here, before any process can hang in a collective.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torchrec.distributed import DistributedModelParallel
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.planner import EmbeddingShardingPlanner
+from torchrec.distributed.planner.storage_reservations import HeuristicalStorageReservation
+from torchrec.distributed.planner.types import KernelConfig, ParameterConstraints, TopologyFactory, TrainerConfig
+from torchrec.distributed.types import ShardingPlan
+from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+from torchrec.optim.optimizers import in_backward_optimizer_filter
+from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
+
+from mmdlrm.config import ShardingConfig
+from mmdlrm.distributed.env import DistEnv
+
+CPU_SHARDING_TYPES = ("data_parallel", "table_wise", "column_wise", "table_column_wise")
+CUDA_SHARDING_TYPES = (*CPU_SHARDING_TYPES, "row_wise", "table_row_wise")
+SPARSE_OPTIMIZERS = {"rowwise_adagrad": RowWiseAdagrad, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
+
+
+def supported_sharding_types(device: torch.device) -> tuple[str, ...]:
+    """Sharding types TorchRec can run on `device` (row-wise needs CUDA)."""
+    return CUDA_SHARDING_TYPES if device.type == "cuda" else CPU_SHARDING_TYPES
+
+
+def check_capabilities(cfg: ShardingConfig, device: torch.device) -> None:
+    """Raise a ValueError naming what works when the config asks for what the device cannot do."""
+    supported = supported_sharding_types(device)
+    if cfg.plan is not None and cfg.plan not in supported:
+        known = cfg.plan in CUDA_SHARDING_TYPES
+        raise ValueError(
+            f"sharding.plan={cfg.plan} "
+            + ("needs CUDA" if known else "is not a TorchRec sharding type")
+            + f"; on {device.type} use one of: {', '.join(supported)}"
+        )
+    if cfg.sparse_optimizer not in SPARSE_OPTIMIZERS:
+        raise ValueError(f"sharding.sparse_optimizer={cfg.sparse_optimizer}; use one of {', '.join(SPARSE_OPTIMIZERS)}")
+
+
+def _topology(env: DistEnv):
+    if env.device.type == "cuda":
+        trainer = TrainerConfig(
+            world_size=env.world_size,
+            local_world_size=env.local_world_size,
+            hbm_cap_bytes=torch.cuda.get_device_properties(env.device).total_memory,
+        )
+    else:
+        host_memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        trainer = TrainerConfig(
+            world_size=env.world_size, local_world_size=env.local_world_size, ddr_cap_bytes=host_memory // env.local_world_size
+        )
+    return TopologyFactory.create_topology(trainer, kernel_config=KernelConfig(compute_device=env.device.type))
+
+
+def plan_sharding(module: nn.Module, table_names: list[str], cfg: ShardingConfig, env: DistEnv, batch_size: int) -> ShardingPlan:
+    """Ask TorchRec's planner for a plan over the real topology, restricted to what the device supports."""
+    check_capabilities(cfg, env.device)
+    types = [cfg.plan] if cfg.plan else list(supported_sharding_types(env.device))
+    constraints = {name: ParameterConstraints(sharding_types=types) for name in table_names}
+    planner = EmbeddingShardingPlanner(
+        topology=_topology(env),
+        batch_size=batch_size,
+        constraints=constraints,
+        storage_reservation=HeuristicalStorageReservation(percentage=0.15),
+    )
+    return planner.collective_plan(module, [EmbeddingBagCollectionSharder()], dist.GroupMember.WORLD)
+
+
+def shard(
+    module: nn.Module,
+    sparse_params: nn.Module,
+    table_names: list[str],
+    cfg: ShardingConfig,
+    env: DistEnv,
+    batch_size: int,
+    dense_lr: float,
+) -> tuple[DistributedModelParallel, CombinedOptimizer, ShardingPlan]:
+    """Fuse the sparse optimiser into the backward pass, shard with DistributedModelParallel, add dense Adam.
+
+    Args:
+        module: the whole task module (tables on the meta device).
+        sparse_params: the module holding the embedding tables.
+        batch_size: per-rank batch, for the planner's cost model.
+    """
+    check_capabilities(cfg, env.device)
+    optimizer_class = SPARSE_OPTIMIZERS[cfg.sparse_optimizer]
+    apply_optimizer_in_backward(optimizer_class, sparse_params.parameters(), {"lr": cfg.sparse_lr})
+    plan = plan_sharding(module, table_names, cfg, env, batch_size)
+    model = DistributedModelParallel(module, device=env.device, plan=plan)
+    dense = KeyedOptimizerWrapper(
+        dict(in_backward_optimizer_filter(model.named_parameters())), lambda params: torch.optim.Adam(params, lr=dense_lr)
+    )
+    return model, CombinedOptimizer([model.fused_optimizer, dense]), plan

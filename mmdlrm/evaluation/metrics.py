@@ -1,0 +1,65 @@
+"""Rating and "liked" metrics (torchmetrics, reduced across ranks) and the evaluation pass over a split."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, MetricCollection
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
+from torchrec.datasets.utils import Batch
+
+
+class RatingMetrics:
+    """Streaming metrics over (prediction, label) pairs; `compute` syncs every rank's state.
+
+    `rating`: MSE, RMSE, MAE in stars. `binary`: AUC, log loss and accuracy of the probability of "liked",
+    plus its MSE / RMSE / MAE against the 0/1 label (the Brier score and its root).
+    """
+
+    def __init__(self, task: str = "rating", device: torch.device | str = "cpu") -> None:
+        metrics: dict[str, nn.Module] = {"mse": MeanSquaredError(), "mae": MeanAbsoluteError()}
+        if task == "binary":
+            metrics |= {"auc": BinaryAUROC(), "accuracy": BinaryAccuracy(), "log_loss": MeanMetric()}
+        self.task = task
+        self.collection = MetricCollection(metrics).to(device)
+
+    def update(self, preds: torch.Tensor, labels: torch.Tensor) -> None:
+        for name, metric in self.collection.items():
+            if name == "log_loss":
+                metric.update(nn.functional.binary_cross_entropy(preds.clamp(1e-7, 1 - 1e-7), labels, reduction="none"))
+            elif name in ("auc", "accuracy"):
+                metric.update(preds, labels.long())
+            else:
+                metric.update(preds, labels)
+
+    def compute(self) -> dict[str, float]:
+        values = {name: float(value) for name, value in self.collection.compute().items()}
+        values["rmse"] = values["mse"] ** 0.5
+        return values
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, batches: Iterable[Batch], task: str, device: torch.device, keep_predictions: bool = False
+) -> tuple[dict[str, float], torch.Tensor | None, torch.Tensor | None]:
+    """Metrics of `model` (returning `(loss, (loss, preds, labels))`) over `batches`, and optionally its predictions.
+
+    Returns:
+        (metrics, predictions or None, labels or None); predictions are this rank's only.
+    """
+    was_training = model.training
+    model.eval()
+    metrics = RatingMetrics(task, device)
+    kept_preds, kept_labels = [], []
+    for batch in batches:
+        _, (_, preds, labels) = model(batch.to(device))
+        metrics.update(preds, labels)
+        if keep_predictions:
+            kept_preds.append(preds.cpu())
+            kept_labels.append(labels.cpu())
+    model.train(was_training)
+    if not keep_predictions:
+        return metrics.compute(), None, None
+    return metrics.compute(), torch.cat(kept_preds), torch.cat(kept_labels)

@@ -1,0 +1,67 @@
+"""Plots of a run: training / validation curves against the baselines, and predictions against true ratings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_curves(epochs: list[dict], baselines: dict[str, dict], metric: str, path: str | Path) -> Path:
+    """Training loss and validation `metric` per epoch, with the baselines' validation `metric` as lines."""
+    x = [e["epoch"] for e in epochs]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.plot(x, [e["train_loss"] for e in epochs], marker="o", label="train loss")
+    left.set(xlabel="epoch", ylabel="loss", title="Training loss")
+    left.grid(alpha=0.3)
+    right.plot(x, [e["val"][metric] for e in epochs], marker="o", color="C1", label="DLRM")
+    for (name, result), style in zip(baselines.items(), ("--", ":")):
+        right.axhline(result["val"][metric], linestyle=style, color="grey", label=name.replace("_", " "))
+    best = min(epochs, key=lambda e: e["val"][metric] if metric != "auc" else -e["val"][metric])
+    right.scatter([best["epoch"]], [best["val"][metric]], s=120, facecolors="none", edgecolors="C3", label="best")
+    right.set(xlabel="epoch", ylabel=metric.upper(), title=f"Validation {metric.upper()}")
+    right.grid(alpha=0.3)
+    right.legend()
+    return _save(fig, path)
+
+
+def plot_predictions(preds: np.ndarray, labels: np.ndarray, task: str, path: str | Path) -> Path:
+    """Histogram of predictions against true ratings, and the predictions' spread at each true rating."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    if task == "rating":
+        bins = np.arange(0.25, 5.5, 0.25)
+        left.hist(labels, bins=bins, alpha=0.6, label="true rating")
+        left.hist(preds, bins=bins, alpha=0.6, label="prediction")
+        left.set(xlabel="stars", ylabel="ratings", title="Predicted and true ratings (test)")
+        values = np.unique(labels)
+        right.boxplot([preds[labels == v] for v in values], positions=values, widths=0.3, showfliers=False)
+        right.plot([0.5, 5], [0.5, 5], linestyle="--", color="grey", label="perfect")
+        right.set(xlabel="true rating", ylabel="prediction", title="Prediction by true rating (test)", xlim=(0.2, 5.3))
+    else:
+        bins = np.linspace(0, 1, 41)
+        left.hist(preds[labels == 1], bins=bins, alpha=0.6, label="liked")
+        left.hist(preds[labels == 0], bins=bins, alpha=0.6, label="not liked")
+        left.set(xlabel="P(liked)", ylabel="ratings", title="Predicted probability by label (test)")
+        order = np.argsort(preds)
+        deciles = np.array_split(order, 10)
+        right.plot([preds[d].mean() for d in deciles], [labels[d].mean() for d in deciles], marker="o", label="model")
+        right.plot([0, 1], [0, 1], linestyle="--", color="grey", label="calibrated")
+        right.set(xlabel="mean predicted P(liked)", ylabel="observed rate", title="Calibration (test deciles)")
+    left.legend()
+    right.legend()
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

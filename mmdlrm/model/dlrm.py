@@ -1,0 +1,48 @@
+"""The recommender: TorchRec's DLRM (dot interaction) over the embedding tables and the dense features."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchrec.models.dlrm import DLRM
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from mmdlrm.config import ModelConfig
+from mmdlrm.model.tables import Vocab, build_tables
+
+
+class MovieDLRM(nn.Module):
+    """DLRM with F sparse features of width D and `dense_in` dense features, giving one logit per rating.
+
+    The dense arch maps B x dense_in to B x D; the interaction arch takes pairwise dot products of the F + 1
+    vectors, giving B x (D + F + F choose 2) for the over arch, whose last layer has one unit: output size B.
+    """
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        vocab: Vocab,
+        dense_in: int,
+        device: torch.device | None = None,
+        sparse_device: torch.device | None = None,
+    ) -> None:
+        """Tables are allocated on `sparse_device` (meta: left to DistributedModelParallel), the rest on `device`."""
+        super().__init__()
+        ebc = EmbeddingBagCollection(tables=build_tables(cfg, vocab), device=sparse_device)
+        self.dlrm = DLRM(
+            embedding_bag_collection=ebc,
+            dense_in_features=dense_in,
+            dense_arch_layer_sizes=[*cfg.dense_arch, cfg.embedding_dim],
+            over_arch_layer_sizes=[*cfg.over_arch, 1],
+            dense_device=device,
+        )
+
+    @property
+    def output_layer(self) -> nn.Linear:
+        """The over arch's last (single-unit) layer."""
+        return self.dlrm.over_arch.model[-1]
+
+    def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
+        """Logits of size B."""
+        return self.dlrm(dense_features=dense_features, sparse_features=sparse_features).squeeze(-1)
