@@ -14,7 +14,7 @@ from torch import nn
 from torchrec.distributed import DistributedModelParallel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.planner import EmbeddingShardingPlanner
-from torchrec.distributed.planner.storage_reservations import HeuristicalStorageReservation
+from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
 from torchrec.distributed.planner.types import KernelConfig, ParameterConstraints, TopologyFactory, TrainerConfig
 from torchrec.distributed.types import ShardingPlan
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
@@ -22,7 +22,7 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
-from mmdlrm.config import ShardingConfig
+from mmdlrm.config import ConfigError, ShardingConfig
 from mmdlrm.distributed.env import DistEnv
 
 CPU_SHARDING_TYPES = ("data_parallel", "table_wise", "column_wise", "table_column_wise")
@@ -36,17 +36,17 @@ def supported_sharding_types(device: torch.device) -> tuple[str, ...]:
 
 
 def check_capabilities(cfg: ShardingConfig, device: torch.device) -> None:
-    """Raise a ValueError naming what works when the config asks for what the device cannot do."""
+    """Raise a ConfigError naming what works when the config asks for what the device cannot do."""
     supported = supported_sharding_types(device)
     if cfg.plan is not None and cfg.plan not in supported:
         known = cfg.plan in CUDA_SHARDING_TYPES
-        raise ValueError(
+        raise ConfigError(
             f"sharding.plan={cfg.plan} "
             + ("needs CUDA" if known else "is not a TorchRec sharding type")
             + f"; on {device.type} use one of: {', '.join(supported)}"
         )
     if cfg.sparse_optimizer not in SPARSE_OPTIMIZERS:
-        raise ValueError(f"sharding.sparse_optimizer={cfg.sparse_optimizer}; use one of {', '.join(SPARSE_OPTIMIZERS)}")
+        raise ConfigError(f"sharding.sparse_optimizer={cfg.sparse_optimizer}; use one of {', '.join(SPARSE_OPTIMIZERS)}")
 
 
 def _topology(env: DistEnv):
@@ -73,7 +73,7 @@ def plan_sharding(module: nn.Module, table_names: list[str], cfg: ShardingConfig
         topology=_topology(env),
         batch_size=batch_size,
         constraints=constraints,
-        storage_reservation=HeuristicalStorageReservation(percentage=0.15),
+        storage_reservation=FixedPercentageStorageReservation(percentage=0.15),
     )
     return planner.collective_plan(module, [EmbeddingBagCollectionSharder()], dist.GroupMember.WORLD)
 

@@ -52,7 +52,7 @@ def score(preds: np.ndarray, ratings: np.ndarray, task: str, liked_threshold: fl
     p = torch.from_numpy(preds.astype(np.float32))
     if task == "binary":
         labels = (labels >= liked_threshold).float()
-    metrics = RatingMetrics(task)
+    metrics = RatingMetrics(task, sync=False)  # baselines are fitted and scored on rank 0 alone
     metrics.update(p, labels)
     return metrics.compute()
 

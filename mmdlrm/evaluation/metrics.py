@@ -18,10 +18,12 @@ class RatingMetrics:
     plus its MSE / RMSE / MAE against the 0/1 label (the Brier score and its root).
     """
 
-    def __init__(self, task: str = "rating", device: torch.device | str = "cpu") -> None:
-        metrics: dict[str, nn.Module] = {"mse": MeanSquaredError(), "mae": MeanAbsoluteError()}
+    def __init__(self, task: str = "rating", device: torch.device | str = "cpu", sync: bool = True) -> None:
+        """`sync=False` for metrics computed on one rank only (a collective there would wait forever)."""
+        kw = {"sync_on_compute": sync}
+        metrics: dict[str, nn.Module] = {"mse": MeanSquaredError(**kw), "mae": MeanAbsoluteError(**kw)}
         if task == "binary":
-            metrics |= {"auc": BinaryAUROC(), "accuracy": BinaryAccuracy(), "log_loss": MeanMetric()}
+            metrics |= {"auc": BinaryAUROC(**kw), "accuracy": BinaryAccuracy(**kw), "log_loss": MeanMetric(**kw)}
         self.task = task
         self.collection = MetricCollection(metrics).to(device)
 

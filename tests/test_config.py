@@ -1,0 +1,58 @@
+from pathlib import Path
+
+import pytest
+
+from mmdlrm.config import ConfigError, RunConfig, load_config, save_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_yaml_and_overrides_stack(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  batch_size: 256\n  max_epochs: 4\nmodel:\n  dense_arch: [8]\n")
+    cfg = load_config(path, ["train.batch_size=128", "model.embedding_dim=16", "sharding.plan=table_wise"])
+    assert cfg.train.batch_size == 128  # override beats YAML
+    assert cfg.train.max_epochs == 4  # YAML beats default
+    assert cfg.model.dense_arch == [8]
+    assert cfg.model.embedding_dim == 16
+    assert cfg.sharding.plan == "table_wise"
+    assert cfg.train.patience == RunConfig().train.patience  # untouched default
+
+
+def test_unknown_key_names_the_nearest_one():
+    with pytest.raises(ConfigError, match=r"unknown key train.batchsize; did you mean train.batch_size\?"):
+        load_config(None, ["train.batchsize=3"])
+
+
+def test_wrong_types_and_failed_checks_name_the_key():
+    with pytest.raises(ConfigError, match="train.batch_size must be int"):
+        load_config(None, ["train.batch_size=big"])
+    with pytest.raises(ConfigError, match="model.embedding_dim must be a positive multiple of 4"):
+        load_config(None, ["model.embedding_dim=10"])
+    with pytest.raises(ConfigError, match="data.split must be one of random, temporal"):
+        load_config(None, ["data.split=weekly"])
+    with pytest.raises(ConfigError, match="not key=value"):
+        load_config(None, ["train.batch_size"])
+
+
+def test_float_field_accepts_int_and_optional_accepts_null():
+    cfg = load_config(None, ["train.dense_lr=1", "sharding.plan=null"])
+    assert cfg.train.dense_lr == 1.0 and isinstance(cfg.train.dense_lr, float)
+    assert cfg.sharding.plan is None
+
+
+def test_saved_config_loads_back_equal(tmp_path):
+    cfg = load_config(REPO / "configs" / "debug.yaml", ["train.seed=7"])
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_says_how_to_run_it(path):
+    load_config(path)
+    assert path.read_text().startswith("#"), "each config opens with a comment saying what it is for"
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="configs/ folder lists"):
+        load_config(tmp_path / "nope.yaml")
