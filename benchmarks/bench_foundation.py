@@ -1,0 +1,187 @@
+"""Foundation throughput: preparing a 25M-rating release, building batches, and single-process training.
+
+Each measurement sits beside a baseline measured in the same run, reported as a ratio:
+- prepare:   `mmdlrm prepare` (read + validate + split + Parquet) vs reading ratings.csv with pyarrow alone;
+- batches:   vectorised KeyedJaggedTensor building vs a per-row Python loop over the same rows (on a sample);
+- training:  the DLRM sharded by DistributedModelParallel (world of one, FBGEMM fused row-wise Adagrad) vs the
+             same DLRM in plain PyTorch (`nn.EmbeddingBag(sparse=True)` + SparseAdam), on the same batches.
+
+    python benchmarks/bench_foundation.py                    # full ml-25m scale (about 5 minutes on 2 cores)
+    python benchmarks/bench_foundation.py --ratings 1000000  # quick look
+Prints a table and writes benchmarks/results/foundation.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.csv as pacsv
+import torch
+from torch import nn
+from torchrec.models.dlrm import DenseArch, InteractionArch, OverArch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import print_table, timed, write_json  # noqa: E402
+from mmdlrm.config import SyntheticConfig, load_config  # noqa: E402
+from mmdlrm.data.batches import DENSE_FEATURES, SPARSE_FEATURES, BatchBuilder, SplitRows  # noqa: E402
+from mmdlrm.data.movielens import read_release  # noqa: E402
+from mmdlrm.data.prepare import load_prepared, prepare  # noqa: E402
+from mmdlrm.data.synthetic import generate  # noqa: E402
+from mmdlrm.distributed.env import init_distributed, teardown  # noqa: E402
+from mmdlrm.train import build_model  # noqa: E402
+
+
+def bench_prepare(release_dir: Path, out_dir: Path) -> dict:
+    read_s, table = timed(lambda: pacsv.read_csv(release_dir / "ratings.csv"))
+    rows = table.num_rows
+    del table
+    prepare_s, _ = timed(lambda: prepare(read_release(release_dir), out_dir, "random", 0.1, 0.1, 0))
+    return {"stage": "prepare", "rows": rows, "seconds": prepare_s, "rows_per_s": rows / prepare_s,
+            "baseline": "pyarrow read_csv only", "baseline_rows_per_s": rows / read_s,
+            "ratio": read_s / prepare_s}  # fmt: skip
+
+
+def per_row_batch(data, rows: dict[str, np.ndarray], index: np.ndarray):
+    """The loop that vectorised building replaces: one Python iteration per rating."""
+    offsets, values, years = data.movies["genre_offsets"], data.movies["genre_values"], data.movies["year"]
+    users, movies, genres, genre_lengths, year_ids, dense = [], [], [], [], [], []
+    for i in index.tolist():
+        user, movie = int(rows["user"][i]), int(rows["movie"][i])
+        movie_genres = values[offsets[movie] : offsets[movie + 1]].tolist()
+        users.append(user)
+        movies.append(movie)
+        genres.extend(movie_genres)
+        genre_lengths.append(len(movie_genres))
+        year_ids.append(max(0, (int(years[movie]) - 1900) // 5 + 1))
+        dense.append([float(data.users["train_count"][user]), float(data.movies["train_count"][movie]), 0.0, 0.0,
+                      float(years[movie])])  # fmt: skip
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    n = len(users)
+    return KeyedJaggedTensor(
+        keys=list(SPARSE_FEATURES),
+        values=torch.tensor(users + movies + genres + year_ids),
+        lengths=torch.tensor([1] * n + [1] * n + genre_lengths + [1] * n),
+    ), torch.tensor(dense)
+
+
+def bench_batches(data, batch_size: int, steps: int, loop_rows: int) -> dict:
+    builder = BatchBuilder(data, 5)
+    rows = SplitRows.from_prepared(data, "train")
+    generator = torch.Generator().manual_seed(0)
+    indices = [torch.randint(len(rows), (batch_size,), generator=generator) for _ in range(steps)]
+    seconds, _ = timed(lambda: [builder.build(rows, index, leave_one_out=True) for index in indices])
+    columns = data.splits["train"]
+    sample = indices[0][:loop_rows].numpy()
+    loop_s, _ = timed(lambda: per_row_batch(data, columns, sample))
+    rate, loop_rate = steps * batch_size / seconds, len(sample) / loop_s
+    return {"stage": "batch building", "rows": steps * batch_size, "seconds": seconds, "rows_per_s": rate,
+            "baseline": "per-row Python loop", "baseline_rows_per_s": loop_rate, "ratio": rate / loop_rate}  # fmt: skip
+
+
+class PlainDLRM(nn.Module):
+    """The same DLRM in plain PyTorch: sparse-gradient `nn.EmbeddingBag`s instead of TorchRec tables."""
+
+    def __init__(self, sizes: dict[str, int], dim: int, dense_arch: list[int], over_arch: list[int]) -> None:
+        super().__init__()
+        self.tables = nn.ModuleDict({
+            feature: nn.EmbeddingBag(rows, dim, mode="mean" if feature == "genre" else "sum", sparse=True)
+            for feature, rows in sizes.items()
+        })  # fmt: skip
+        self.dense_arch = DenseArch(len(DENSE_FEATURES), [*dense_arch, dim])
+        self.interaction = InteractionArch(num_sparse_features=len(sizes))
+        inputs = dim + len(sizes) * (len(sizes) + 1) // 2  # D + F + (F choose 2)
+        self.over_arch = OverArch(inputs, [*over_arch, 1])
+
+    def forward(self, dense, sparse) -> torch.Tensor:
+        jagged = sparse.to_dict()
+        pooled = [self.tables[f](jagged[f].values(), jagged[f].offsets()[:-1]) for f in self.tables]
+        return self.over_arch(self.interaction(self.dense_arch(dense), torch.stack(pooled, dim=1))).squeeze(-1)
+
+
+def bench_training(data, config: str, steps: int, warmup: int) -> dict:
+    cfg = load_config(config, ["train.device=cpu"])
+    env = init_distributed("cpu")
+    try:
+        model, optimizer, _ = build_model(cfg, data, env)
+        builder = BatchBuilder(data, cfg.model.year_bucket_years)
+        rows = SplitRows.from_prepared(data, "train")
+        generator = torch.Generator().manual_seed(0)
+        batches = [builder.build(rows, torch.randint(len(rows), (cfg.train.batch_size,), generator=generator), True)
+                   for _ in range(min(steps, 50))]  # fmt: skip
+
+        def step_dmp(batch) -> None:
+            loss, _ = model(batch)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+        sizes = {"user": data.num_users, "movie": data.num_movies, "genre": len(data.genres),
+                 "year": builder.year_bucket.max().item() + 1}  # fmt: skip
+        plain = PlainDLRM(sizes, cfg.model.embedding_dim, cfg.model.dense_arch, cfg.model.over_arch)
+        sparse_opt = torch.optim.SparseAdam(list(plain.tables.parameters()), lr=1e-3)
+        dense_params = [p for n, p in plain.named_parameters() if not n.startswith("tables.")]
+        dense_opt = torch.optim.Adam(dense_params, lr=cfg.train.dense_lr)
+
+        def step_plain(batch) -> None:
+            loss = nn.functional.mse_loss(plain(batch.dense_features, batch.sparse_features), batch.labels)
+            sparse_opt.zero_grad()
+            dense_opt.zero_grad()
+            loss.backward()
+            sparse_opt.step()
+            dense_opt.step()
+
+        rates = {}
+        for name, step in (("dmp", step_dmp), ("plain", step_plain)):
+            for i in range(warmup):
+                step(batches[i % len(batches)])
+            start = time.perf_counter()
+            for i in range(steps):
+                step(batches[i % len(batches)])
+            rates[name] = steps * cfg.train.batch_size / (time.perf_counter() - start)
+    finally:
+        teardown()
+    return {"stage": "training step (DMP, 1 process)", "rows": steps * cfg.train.batch_size,
+            "seconds": steps * cfg.train.batch_size / rates["dmp"], "rows_per_s": rates["dmp"],
+            "baseline": "plain PyTorch EmbeddingBag + SparseAdam", "baseline_rows_per_s": rates["plain"],
+            "ratio": rates["dmp"] / rates["plain"], "embedding_dim": cfg.model.embedding_dim,
+            "batch_size": cfg.train.batch_size}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ratings", type=int, default=25_000_000)
+    parser.add_argument("--users", type=int, default=162_000)
+    parser.add_argument("--movies", type=int, default=62_000)
+    parser.add_argument("--config", default="configs/ml25m.yaml", help="model and batch size for the training step")
+    parser.add_argument("--batch-steps", type=int, default=100, help="batches of 8192 rows to build")
+    parser.add_argument("--train-steps", type=int, default=150)
+    parser.add_argument("--workdir", help="where the synthetic release goes (default: a temporary folder)")
+    parser.add_argument("--out", help="JSON path (default benchmarks/results/foundation.json)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        release = Path(tmp) / "release"
+        synth = SyntheticConfig(num_users=args.users, num_movies=args.movies, num_ratings=args.ratings)
+        synth_s, _ = timed(lambda: generate(synth, release))
+        results = [{"stage": "synthetic release", "rows": args.ratings, "seconds": synth_s,
+                    "rows_per_s": args.ratings / synth_s}]  # fmt: skip
+        results.append(bench_prepare(release, Path(tmp) / "prepared"))
+        data = load_prepared(Path(tmp) / "prepared")
+        results.append(bench_batches(data, 8192, args.batch_steps, loop_rows=20_000))
+        results.append(bench_training(data, args.config, args.train_steps, warmup=10))
+
+    print_table(results, ["stage", "rows", "seconds", "rows_per_s", "baseline", "baseline_rows_per_s", "ratio"])
+    path = write_json("foundation", {"args": vars(args), "results": results}, args.out)
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
