@@ -106,13 +106,44 @@ class ModelConfig:
             raise ConfigError(f"model.year_bucket_years must be >= 1, got {self.year_bucket_years}")
 
 
+SHARDING_TYPES = ("data_parallel", "table_wise", "column_wise", "table_column_wise", "row_wise", "table_row_wise")
+COMPUTE_KERNELS = ("dense", "fused", "fused_uvm", "fused_uvm_caching")
+
+
+@dataclass
+class TableSharding:
+    """Constraints on one table's placement; unset fields are left to the planner."""
+
+    sharding_type: str | None = None
+    """One of data_parallel, table_wise, column_wise, table_column_wise, row_wise, table_row_wise."""
+    compute_kernel: str | None = None
+    """dense (plain autograd), fused (FBGEMM, optimiser in the backward pass), fused_uvm, fused_uvm_caching."""
+
+    def check(self, name: str) -> None:
+        if self.sharding_type is not None and self.sharding_type not in SHARDING_TYPES:
+            raise ConfigError(f"{name}.sharding_type={self.sharding_type}; use one of {', '.join(SHARDING_TYPES)}")
+        if self.compute_kernel is not None and self.compute_kernel not in COMPUTE_KERNELS:
+            raise ConfigError(f"{name}.compute_kernel={self.compute_kernel}; use one of {', '.join(COMPUTE_KERNELS)}")
+
+
+@dataclass
+class TablesSharding:
+    """Per-table constraints, by sparse feature (`sharding.tables.user.sharding_type=column_wise`)."""
+
+    user: TableSharding = field(default_factory=TableSharding)
+    movie: TableSharding = field(default_factory=TableSharding)
+    genre: TableSharding = field(default_factory=TableSharding)
+    year: TableSharding = field(default_factory=TableSharding)
+
+
 @dataclass
 class ShardingConfig:
     """How the embedding tables are placed on processes (TorchRec's planner chooses where unset)."""
 
     plan: str | None = None
-    """One sharding type for every table (data_parallel, table_wise, column_wise, table_column_wise, row_wise,
-    table_row_wise), or unset to let the planner choose among those the device supports."""
+    """Default sharding type for every table without its own (see `tables`), or unset to let the planner choose
+    among those the device supports."""
+    tables: TablesSharding = field(default_factory=TablesSharding)
     sparse_optimizer: Literal["rowwise_adagrad", "adagrad", "sgd"] = "rowwise_adagrad"
     """Fused into the backward pass by FBGEMM. On CPU only these exist (Adam is CUDA-only)."""
     sparse_lr: float = 0.05
@@ -120,6 +151,14 @@ class ShardingConfig:
     def __post_init__(self) -> None:
         if self.sparse_lr <= 0:
             raise ConfigError(f"sharding.sparse_lr must be > 0, got {self.sparse_lr}")
+        TableSharding(self.plan).check("sharding.plan")
+        for name in ("user", "movie", "genre", "year"):
+            getattr(self.tables, name).check(f"sharding.tables.{name}")
+
+    def table(self, feature: str) -> TableSharding:
+        """The constraints of `feature`'s table, with `plan` as the default sharding type."""
+        own = getattr(self.tables, feature)
+        return TableSharding(own.sharding_type or self.plan, own.compute_kernel)
 
 
 @dataclass
@@ -139,12 +178,21 @@ class TrainConfig:
     """`auto`: CUDA when present, else CPU."""
     progress: bool = True
     """Show tqdm bars (rank 0 only)."""
+    pipeline: Literal["auto", "sparse_dist", "plain"] = "auto"
+    """`sparse_dist`: TorchRec's TrainPipelineSparseDist, overlapping the next batch's copy and input
+    distribution with this batch's compute; `plain`: one step at a time; `auto`: sparse_dist on CUDA, else plain."""
+    checkpoint_every: int = 500
+    """Steps between mid-epoch checkpoints of the whole training state (0: only at the end of each epoch)."""
+    resume: bool = True
+    """Continue an unfinished run from its last checkpoint when started again with the same config."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigError(f"train.batch_size must be >= 1, got {self.batch_size}")
         if self.dense_lr <= 0:
             raise ConfigError(f"train.dense_lr must be > 0, got {self.dense_lr}")
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"train.checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if self.patience < 1:
             raise ConfigError(f"train.patience must be >= 1, got {self.patience}")
         if not 1 <= self.min_epochs <= self.max_epochs:

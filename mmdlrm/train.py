@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import yaml
+from torchrec.datasets.utils import Batch
+from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from tqdm import tqdm
 
-from mmdlrm.config import RunConfig, save_config
+from mmdlrm.config import ConfigError, RunConfig, save_config, to_dict
 from mmdlrm.data.batches import DENSE_FEATURES, BatchBuilder, BatchLoader, SplitRows, num_year_buckets
 from mmdlrm.data.prepare import Prepared, ensure_prepared, load_prepared
 from mmdlrm.distributed import checkpoint
@@ -22,7 +27,7 @@ from mmdlrm.distributed.sharding import shard
 from mmdlrm.evaluation.baselines import evaluate_baselines
 from mmdlrm.evaluation.metrics import evaluate
 from mmdlrm.inspection.plots import plot_curves, plot_predictions
-from mmdlrm.model.tables import Vocab, table_name
+from mmdlrm.model.tables import Vocab
 from mmdlrm.model.task import build_task
 
 log = logging.getLogger("mmdlrm")
@@ -90,84 +95,195 @@ def build_model(cfg: RunConfig, data: Prepared, env: DistEnv):
         mean_label = float((data.splits["train"]["rating"] >= cfg.model.liked_threshold).mean())
     task.init_output(mean_label)
     local_batch = cfg.train.batch_size // env.world_size
-    tables = [table_name(f) for f in vocab.sizes()]
-    return shard(task, task.model.dlrm.sparse_arch, tables, cfg.sharding, env, local_batch, cfg.train.dense_lr)
+    sparse = task.model.dlrm.sparse_arch
+    return shard(task, sparse, cfg.sharding, env, local_batch, cfg.model.embedding_dim, cfg.train.dense_lr)
+
+
+@dataclass
+class TrainState:
+    """Where training stands; saved with every `last` checkpoint so that a restarted run continues exactly."""
+
+    epoch: int = 0
+    """The epoch in progress."""
+    step: int = 0
+    """Steps of that epoch already taken (the data position: epoch permutations are drawn from the seed)."""
+    loss_sum: float = 0.0
+    """Training loss summed over those steps (averaged over ranks)."""
+    best_value: float = float("inf")
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    epochs: list[dict] = field(default_factory=list)
+    done: bool = False
+    """Training finished (early stop or max_epochs); only the test remains."""
 
 
 def train(cfg: RunConfig, env: DistEnv) -> TrainResult:
-    """Train, validate each epoch, stop early, keep the best checkpoint, test it beside the baselines."""
+    """Train, validate each epoch, stop early, keep the best checkpoint, test it beside the baselines.
+
+    A run stopped part-way (crash, kill, pre-emption) and started again with the same config continues from its
+    last checkpoint: same weights, optimiser states and data position, so it ends as an uninterrupted run would.
+    """
     run_dir = cfg.run_dir
     result = TrainResult(run_dir=run_dir)
-    if env.is_rank0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-        (run_dir / "metrics.jsonl").write_text("")
     data = build_data(cfg, env)
     result.prepared_dir = data.folder
     loaders = build_loaders(cfg, data, env)
     model, optimizer, plan = build_model(cfg, data, env)
     log0(env, "sharding plan:\n%s", plan)
+    state = _start(cfg, env, model, optimizer)
     if env.is_rank0:
         (run_dir / "plan.txt").write_text(str(plan) + "\n")
         result.baselines = evaluate_baselines(
             data.splits, data.num_users, data.num_movies, cfg.model.task, cfg.model.liked_threshold
         )
     metric, sign = selection_metric(cfg.model.task)
-    best_value, bad_epochs = float("inf"), 0
-    best_dir = run_dir / "checkpoints" / "best"
-    for epoch in range(cfg.train.max_epochs):
-        record = _train_epoch(model, optimizer, loaders["train"], epoch, cfg, env)
+    checkpoints = run_dir / "checkpoints"
+    while not state.done:
+        record = _train_epoch(model, optimizer, loaders["train"], state, cfg, env, checkpoints / "last")
         record["val"], _, _ = evaluate(model, loaders["val"], cfg.model.task, env.device)
-        improved = sign * record["val"][metric] < best_value
+        improved = sign * record["val"][metric] < state.best_value
         if improved:
-            best_value, bad_epochs, result.best_epoch = sign * record["val"][metric], 0, epoch
-            checkpoint.save(model, best_dir, env, meta={"epoch": epoch, "val": record["val"]})
+            state.best_value, state.bad_epochs, state.best_epoch = sign * record["val"][metric], 0, state.epoch
+            checkpoint.save(checkpoints / "best", env, model, meta={"epoch": state.epoch, "val": record["val"]})
         else:
-            bad_epochs += 1
-        result.epochs.append(record)
+            state.bad_epochs += 1
+        state.epochs.append(record)
+        state.epoch, state.step, state.loss_sum = state.epoch + 1, 0, 0.0
+        stop = state.epoch >= cfg.train.min_epochs and state.bad_epochs >= cfg.train.patience
+        state.done = stop or state.epoch >= cfg.train.max_epochs
+        checkpoint.save(checkpoints / "last", env, model, optimizer, meta=asdict(state))
         _log_epoch(env, run_dir, record, metric, improved)
-        if epoch + 1 >= cfg.train.min_epochs and bad_epochs >= cfg.train.patience:
-            log0(env, "early stop: no %s improvement for %d epochs", metric, bad_epochs)
-            break
-    checkpoint.load(model, best_dir)
-    result.checkpoint = best_dir
+        if stop:
+            log0(env, "early stop: no %s improvement for %d epochs", metric, state.bad_epochs)
+    result.epochs, result.best_epoch = state.epochs, state.best_epoch
+    checkpoint.load(checkpoints / "best", model)
+    result.checkpoint = checkpoints / "best"
     result.test, preds, labels = evaluate(model, loaders["test"], cfg.model.task, env.device, keep_predictions=True)
     if env.is_rank0:
         _write_outputs(result, preds.numpy(), labels.numpy(), cfg, metric)
     return result
 
 
-def _train_epoch(model, optimizer, loader: BatchLoader, epoch: int, cfg: RunConfig, env: DistEnv) -> dict:
+def _start(cfg: RunConfig, env: DistEnv, model, optimizer) -> TrainState:
+    """Resume the unfinished run in `cfg.run_dir` if there is one (and `train.resume`), else start afresh."""
+    run_dir = cfg.run_dir
+    last = run_dir / "checkpoints" / "last"
+    unfinished = checkpoint.find(last) is not None and not (run_dir / "results.json").is_file()
+    if cfg.train.resume and unfinished:
+        _check_same_config(cfg, run_dir / "config.yaml")
+        state = TrainState(**checkpoint.load(last, model, optimizer, env))
+        log0(env, "resuming %s at epoch %d, step %d", run_dir, state.epoch, state.step)
+        if env.is_rank0:  # metrics.jsonl may hold an epoch the checkpoint does not; rewrite it from the state
+            (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in state.epochs))
+        return state
+    if env.is_rank0:
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        (run_dir / "results.json").unlink(missing_ok=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        (run_dir / "metrics.jsonl").write_text("")
+    if env.world_size > 1:
+        dist.barrier()
+    return TrainState()
+
+
+# Fields that may change between a run and its resumption without changing what it computes.
+RESUMABLE_CHANGES = ("train.progress", "train.resume", "train.device", "train.checkpoint_every", "train.pipeline")
+
+
+def _check_same_config(cfg: RunConfig, saved_path: Path) -> None:
+    saved = _flatten(yaml.safe_load(saved_path.read_text()))
+    current = _flatten(to_dict(cfg))
+    changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+        raise ConfigError(
+            f"{cfg.run_dir} holds an unfinished run with a different config ({', '.join(changed)}); "
+            "run the same config to resume it, add train.resume=false to start it over, or give a new name=..."
+        )
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out |= _flatten(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _train_epoch(model, optimizer, loader: BatchLoader, state: TrainState, cfg: RunConfig, env: DistEnv, last: Path) -> dict:
+    """Train the rest of `state.epoch`, checkpointing `last` every `train.checkpoint_every` steps."""
     model.train()
-    loader.set_epoch(epoch)
-    total_loss, steps, samples = torch.zeros((), device=env.device), 0, 0
+    loader.set_epoch(state.epoch)
+    total_loss = torch.tensor(state.loss_sum, device=env.device)  # every rank starts from the ranks' mean
+    first_step, every = state.step, cfg.train.checkpoint_every
     start = time.perf_counter()
     bar = tqdm(
-        total=len(loader) * cfg.train.batch_size, unit="sample", unit_scale=True, desc=f"epoch {epoch}",
-        disable=not (cfg.train.progress and env.is_rank0), leave=False, mininterval=1.0,
+        total=len(loader) * cfg.train.batch_size, initial=first_step * cfg.train.batch_size, unit="sample",
+        unit_scale=True, desc=f"epoch {state.epoch}", disable=not (cfg.train.progress and env.is_rank0), leave=False,
+        mininterval=1.0,
     )  # fmt: skip
-    for batch in loader:
-        loss, _ = model(batch.to(env.device))
-        optimizer.zero_grad()
-        loss.backward()  # the sparse optimiser steps here, fused into the backward pass
-        optimizer.step()
-        total_loss += loss.detach()
-        steps += 1
-        samples += cfg.train.batch_size
+    for loss in training_steps(model, optimizer, loader.batches(first_step), env, _use_pipeline(cfg, env)):
+        total_loss += loss
+        state.step += 1
         bar.update(cfg.train.batch_size)
-        if steps % 50 == 0:
-            bar.set_postfix(loss=f"{total_loss.item() / steps:.4f}")
+        if state.step % 50 == 0:
+            bar.set_postfix(loss=f"{total_loss.item() / state.step:.4f}")
+        if every and state.step % every == 0 and state.step < len(loader):
+            state.loss_sum = _mean_over_ranks(total_loss, env)
+            checkpoint.save(last, env, model, optimizer, meta=asdict(state))
     bar.close()
     seconds = time.perf_counter() - start
-    if env.world_size > 1:
-        dist.all_reduce(total_loss)
-        total_loss /= env.world_size
+    samples = (state.step - first_step) * cfg.train.batch_size
     return {
-        "epoch": epoch,
-        "train_loss": total_loss.item() / max(steps, 1),
+        "epoch": state.epoch,
+        "train_loss": _mean_over_ranks(total_loss, env) / max(state.step, 1),
         "seconds": seconds,
         "samples_per_s": samples / seconds if seconds else 0.0,
     }
+
+
+def _use_pipeline(cfg: RunConfig, env: DistEnv) -> bool:
+    if cfg.train.pipeline == "auto":
+        return env.device.type == "cuda"
+    return cfg.train.pipeline == "sparse_dist"
+
+
+def training_steps(model, optimizer, batches: Iterable[Batch], env: DistEnv, pipeline: bool) -> Iterator[torch.Tensor]:
+    """Take one optimiser step per batch, yielding each step's (detached) loss.
+
+    With `pipeline`, TorchRec's TrainPipelineSparseDist copies batch i+2 to the device and starts the input
+    all-to-all of batch i+1 while batch i computes; it is detached again afterwards, so that evaluation and
+    checkpoints see the plain model. The sparse optimiser steps inside the backward pass either way.
+    """
+    if not pipeline:
+        for batch in batches:
+            loss, _ = model(batch.to(env.device, non_blocking=True))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            yield loss.detach()
+        return
+    sparse_dist = TrainPipelineSparseDist(model, optimizer, env.device)
+    iterator = iter(batches)
+    try:
+        while True:
+            try:
+                loss, _, _ = sparse_dist.progress(iterator)
+            except StopIteration:
+                return
+            yield loss
+    finally:
+        sparse_dist.detach()
+
+
+def _mean_over_ranks(value: torch.Tensor, env: DistEnv) -> float:
+    if env.world_size == 1:
+        return value.item()
+    reduced = value.clone()
+    dist.all_reduce(reduced)
+    return reduced.item() / env.world_size
 
 
 def _log_epoch(env: DistEnv, run_dir: Path, record: dict, metric: str, improved: bool) -> None:
@@ -208,7 +324,7 @@ def evaluate_run(cfg: RunConfig, run_dir: Path, env: DistEnv) -> TrainResult:
     result.prepared_dir = data.folder
     loaders = build_loaders(cfg, data, env)
     model, _, _ = build_model(cfg, data, env)
-    result.best_epoch = checkpoint.load(model, best_dir).get("epoch", -1)
+    result.best_epoch = checkpoint.load(best_dir, model).get("epoch", -1)
     result.test, _, _ = evaluate(model, loaders["test"], cfg.model.task, env.device)
     if env.is_rank0:
         result.baselines = evaluate_baselines(

@@ -157,9 +157,13 @@ class BatchLoader:
         return torch.randperm(len(self.rows), generator=generator)
 
     def __iter__(self) -> Iterator[Batch]:
+        return self.batches()
+
+    def batches(self, start: int = 0) -> Iterator[Batch]:
+        """This rank's batches from step `start` of the epoch on (a resumed epoch skips the steps it has done)."""
         order = self._order()
         global_batch = self.local_batch * self.world_size
-        for step in range(len(self)):
+        for step in range(start, len(self)):
             chunk = order[step * global_batch : (step + 1) * global_batch]
             # Contiguous shares: rank r takes rows [r*b, (r+1)*b) of the global batch (uneven only at the end).
             bounds = [len(chunk) * r // self.world_size for r in range(self.world_size + 1)]

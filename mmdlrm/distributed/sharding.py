@@ -23,7 +23,9 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
 from mmdlrm.config import ConfigError, ShardingConfig
+from mmdlrm.data.batches import SPARSE_FEATURES
 from mmdlrm.distributed.env import DistEnv
+from mmdlrm.model.tables import table_name
 
 CPU_SHARDING_TYPES = ("data_parallel", "table_wise", "column_wise", "table_column_wise")
 CUDA_SHARDING_TYPES = (*CPU_SHARDING_TYPES, "row_wise", "table_row_wise")
@@ -35,16 +37,20 @@ def supported_sharding_types(device: torch.device) -> tuple[str, ...]:
     return CUDA_SHARDING_TYPES if device.type == "cuda" else CPU_SHARDING_TYPES
 
 
-def check_capabilities(cfg: ShardingConfig, device: torch.device) -> None:
+def check_capabilities(cfg: ShardingConfig, device: torch.device, features: tuple[str, ...] = SPARSE_FEATURES) -> None:
     """Raise a ConfigError naming what works when the config asks for what the device cannot do."""
     supported = supported_sharding_types(device)
-    if cfg.plan is not None and cfg.plan not in supported:
-        known = cfg.plan in CUDA_SHARDING_TYPES
-        raise ConfigError(
-            f"sharding.plan={cfg.plan} "
-            + ("needs CUDA" if known else "is not a TorchRec sharding type")
-            + f"; on {device.type} use one of: {', '.join(supported)}"
-        )
+    for feature in features:
+        wanted = cfg.table(feature)
+        key = f"sharding.tables.{feature}" if getattr(cfg.tables, feature).sharding_type else "sharding.plan"
+        if wanted.sharding_type is not None and wanted.sharding_type not in supported:
+            raise ConfigError(
+                f"{key}={wanted.sharding_type} needs CUDA (NCCL); on {device.type} use one of: {', '.join(supported)}"
+            )
+        if device.type != "cuda" and wanted.compute_kernel in ("fused_uvm", "fused_uvm_caching"):
+            raise ConfigError(
+                f"sharding.tables.{feature}.compute_kernel={wanted.compute_kernel} needs CUDA; on cpu use fused or dense"
+            )
     if cfg.sparse_optimizer not in SPARSE_OPTIMIZERS:
         raise ConfigError(f"sharding.sparse_optimizer={cfg.sparse_optimizer}; use one of {', '.join(SPARSE_OPTIMIZERS)}")
 
@@ -64,27 +70,48 @@ def _topology(env: DistEnv):
     return TopologyFactory.create_topology(trainer, kernel_config=KernelConfig(compute_device=env.device.type))
 
 
-def plan_sharding(module: nn.Module, table_names: list[str], cfg: ShardingConfig, env: DistEnv, batch_size: int) -> ShardingPlan:
-    """Ask TorchRec's planner for a plan over the real topology, restricted to what the device supports."""
-    check_capabilities(cfg, env.device)
-    types = [cfg.plan] if cfg.plan else list(supported_sharding_types(env.device))
-    constraints = {name: ParameterConstraints(sharding_types=types) for name in table_names}
-    planner = EmbeddingShardingPlanner(
+def constraints(cfg: ShardingConfig, env: DistEnv, embedding_dim: int) -> dict[str, ParameterConstraints]:
+    """The planner's per-table constraints: the configured sharding type and kernel, or all the device supports.
+
+    Column-wise shards are at least `embedding_dim / world_size` wide (and a multiple of 4, as FBGEMM needs), so
+    that a column-wise table is split over the ranks rather than kept whole.
+    """
+    min_partition = max(4, embedding_dim // env.world_size // 4 * 4)
+    out = {}
+    for feature in SPARSE_FEATURES:
+        wanted = cfg.table(feature)
+        out[table_name(feature)] = ParameterConstraints(
+            sharding_types=[wanted.sharding_type] if wanted.sharding_type else list(supported_sharding_types(env.device)),
+            compute_kernels=[wanted.compute_kernel] if wanted.compute_kernel else None,
+            min_partition=min_partition,
+        )
+    return out
+
+
+def make_planner(cfg: ShardingConfig, env: DistEnv, batch_size: int, embedding_dim: int) -> EmbeddingShardingPlanner:
+    """TorchRec's planner over this world's real topology (device, world size, memory per rank)."""
+    return EmbeddingShardingPlanner(
         topology=_topology(env),
         batch_size=batch_size,
-        constraints=constraints,
+        constraints=constraints(cfg, env, embedding_dim),
         storage_reservation=FixedPercentageStorageReservation(percentage=0.15),
     )
+
+
+def plan_sharding(module: nn.Module, cfg: ShardingConfig, env: DistEnv, batch_size: int, embedding_dim: int) -> ShardingPlan:
+    """Ask TorchRec's planner for a plan over the real topology, restricted to what the device supports."""
+    check_capabilities(cfg, env.device)
+    planner = make_planner(cfg, env, batch_size, embedding_dim)
     return planner.collective_plan(module, [EmbeddingBagCollectionSharder()], dist.GroupMember.WORLD)
 
 
 def shard(
     module: nn.Module,
     sparse_params: nn.Module,
-    table_names: list[str],
     cfg: ShardingConfig,
     env: DistEnv,
     batch_size: int,
+    embedding_dim: int,
     dense_lr: float,
 ) -> tuple[DistributedModelParallel, CombinedOptimizer, ShardingPlan]:
     """Fuse the sparse optimiser into the backward pass, shard with DistributedModelParallel, add dense Adam.
@@ -97,7 +124,7 @@ def shard(
     check_capabilities(cfg, env.device)
     optimizer_class = SPARSE_OPTIMIZERS[cfg.sparse_optimizer]
     apply_optimizer_in_backward(optimizer_class, sparse_params.parameters(), {"lr": cfg.sparse_lr})
-    plan = plan_sharding(module, table_names, cfg, env, batch_size)
+    plan = plan_sharding(module, cfg, env, batch_size, embedding_dim)
     model = DistributedModelParallel(module, device=env.device, plan=plan)
     dense = KeyedOptimizerWrapper(
         dict(in_backward_optimizer_filter(model.named_parameters())), lambda params: torch.optim.Adam(params, lr=dense_lr)

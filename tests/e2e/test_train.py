@@ -94,4 +94,8 @@ def test_synth_and_prepare_commands(tmp_path):
 def test_sharding_plan_the_cpu_cannot_run_is_refused_up_front(tmp_path, capsys):
     args = ["train", "--config", DEBUG, f"output_dir={tmp_path}", f"data.cache_dir={tmp_path}", "train.device=cpu"]
     assert main([*args, "sharding.plan=row_wise"]) == 2
-    assert "sharding.plan=row_wise needs CUDA; on cpu use one of: data_parallel, table_wise" in capsys.readouterr().err
+    assert "sharding.plan=row_wise needs CUDA (NCCL); on cpu use one of: data_parallel, table_wise" in capsys.readouterr().err
+    assert main([*args, "sharding.tables.movie.sharding_type=table_row_wise"]) == 2
+    assert "sharding.tables.movie=table_row_wise needs CUDA (NCCL); on cpu use" in capsys.readouterr().err
+    assert main([*args, "sharding.tables.user.compute_kernel=fused_uvm"]) == 2
+    assert "compute_kernel=fused_uvm needs CUDA; on cpu use fused or dense" in capsys.readouterr().err
