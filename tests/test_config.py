@@ -41,6 +41,13 @@ def test_float_field_accepts_int_and_optional_accepts_null():
     assert cfg.sharding.plan is None
 
 
+def test_exponent_floats_without_a_dot_are_floats():
+    # YAML 1.1 reads `1e-3` as a string; the override must still mean 0.001.
+    assert load_config(None, ["train.dense_lr=1e-3"]).train.dense_lr == 0.001
+    with pytest.raises(ConfigError, match="train.dense_lr must be float; got 'fast'"):
+        load_config(None, ["train.dense_lr=fast"])
+
+
 def test_saved_config_loads_back_equal(tmp_path):
     cfg = load_config(REPO / "configs" / "debug.yaml", ["train.seed=7"])
     save_config(cfg, tmp_path / "config.yaml")

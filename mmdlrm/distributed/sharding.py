@@ -29,6 +29,9 @@ from mmdlrm.model.tables import table_name
 
 CPU_SHARDING_TYPES = ("data_parallel", "table_wise", "column_wise", "table_column_wise")
 CUDA_SHARDING_TYPES = (*CPU_SHARDING_TYPES, "row_wise", "table_row_wise")
+EMBEDDING_PARAM = ".embedding_bags."
+"""Marks the embedding tables' weights among the model's parameter names."""
+ADAGRAD_EPS = 1e-8
 SPARSE_OPTIMIZERS = {"rowwise_adagrad": RowWiseAdagrad, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
 
 
@@ -123,10 +126,18 @@ def shard(
     """
     check_capabilities(cfg, env.device)
     optimizer_class = SPARSE_OPTIMIZERS[cfg.sparse_optimizer]
-    apply_optimizer_in_backward(optimizer_class, sparse_params.parameters(), {"lr": cfg.sparse_lr})
+    # FBGEMM's fused kernels default to eps=1e-8, torch's Adagrad to 1e-10: pin it so fused and unfused agree.
+    kwargs = {"lr": cfg.sparse_lr} if cfg.sparse_optimizer == "sgd" else {"lr": cfg.sparse_lr, "eps": ADAGRAD_EPS}
+    apply_optimizer_in_backward(optimizer_class, sparse_params.parameters(), dict(kwargs))  # it adds keys
     plan = plan_sharding(module, cfg, env, batch_size, embedding_dim)
     model = DistributedModelParallel(module, device=env.device, plan=plan)
-    dense = KeyedOptimizerWrapper(
-        dict(in_backward_optimizer_filter(model.named_parameters())), lambda params: torch.optim.Adam(params, lr=dense_lr)
-    )
-    return model, CombinedOptimizer([model.fused_optimizer, dense]), plan
+    rest = dict(in_backward_optimizer_filter(model.named_parameters()))
+    # Tables the plan keeps unfused (data_parallel, or a `dense` kernel) still get the sparse optimiser, so that
+    # a table trains the same way whatever the planner decides; every other parameter gets Adam.
+    tables = {name: p for name, p in rest.items() if EMBEDDING_PARAM in name}
+    dense = {name: p for name, p in rest.items() if EMBEDDING_PARAM not in name}
+    optimizers = [model.fused_optimizer, KeyedOptimizerWrapper(dense, lambda ps: torch.optim.Adam(ps, lr=dense_lr))]
+    if tables:
+        sparse = KeyedOptimizerWrapper(tables, lambda ps: optimizer_class(ps, **kwargs))
+        optimizers.insert(1, ("unfused_tables", sparse))
+    return model, CombinedOptimizer(optimizers), plan
