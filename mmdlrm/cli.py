@@ -1,4 +1,4 @@
-"""Command line: synth | prepare | train | evaluate. The only place that reads argv.
+"""Command line: synth | prepare | train | evaluate | export. The only place that reads argv.
 
 Every knob is a config field: `key=value` overrides after the options (e.g. `train.batch_size=1024`). The few
 options below are shorthands for the fields they name.
@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train, validate, early-stop, test beside the baselines, write plots")
     evaluate = sub.add_parser("evaluate", help="test a trained run's best checkpoint beside the baselines")
     evaluate.add_argument("run", type=Path, help="run folder (holds config.yaml and checkpoints/best)")
+    export = sub.add_parser("export", help="write a run's best model as one plain file (<run>/model.pt)")
+    export.add_argument("run", type=Path, help="run folder written by `mmdlrm train`")
+    export.add_argument("--out", type=Path, help="file to write (default <run>/model.pt)")
     for command in (synth, prepare, train, evaluate):
         command.add_argument("--config", type=Path, help="YAML config (see configs/)")
         command.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
@@ -64,6 +67,7 @@ def _quiet_libraries(rank: int) -> None:
     for category in (FutureWarning, UserWarning, DeprecationWarning):
         warnings.filterwarnings("ignore", category=category, module=r"(torchrec|torch|fbgemm_gpu)(\.|$)")
     logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
+    logging.getLogger("torchrec.distributed.utils").setLevel(logging.ERROR)  # "caching params will be ignored"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "export":
+        from mmdlrm.export import export_run
+
+        log.info("exported %s", export_run(args.run, args.out))
+        return 0
     if args.command == "evaluate":
         config_path = args.config or args.run / "config.yaml"
         if not Path(config_path).is_file():

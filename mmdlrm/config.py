@@ -256,6 +256,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return _build(RunConfig, tree, prefix="", source=source)
 
 
+def from_dict(tree: dict[str, Any], source: str = "saved config") -> RunConfig:
+    """A RunConfig from plain data (as `to_dict` writes it), checked like a YAML file."""
+    return _build(RunConfig, tree, prefix="", source=source)
+
+
 def to_dict(cfg: RunConfig) -> dict[str, Any]:
     """The config as plain data, for YAML and JSON."""
     return dataclasses.asdict(cfg)

@@ -1,0 +1,91 @@
+"""A trained run as one plain file: the unsharded model for inference and for the inspection tools.
+
+`mmdlrm export runs/<name>` gathers the best checkpoint's shards (written by any number of processes) into full
+tensors and saves them with what is needed to use them without the run folder: the config, the table sizes,
+the genre names, and the raw MovieLens ids and titles behind the contiguous user and movie ids.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import torch
+
+from mmdlrm.config import RunConfig, from_dict, load_config, to_dict
+from mmdlrm.data.batches import DENSE_FEATURES, num_year_buckets
+from mmdlrm.distributed import checkpoint
+from mmdlrm.model.tables import Vocab
+from mmdlrm.model.task import RatingTask, build_task
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ExportedModel:
+    """An exported run, loaded: the model in eval mode on the CPU and its id maps."""
+
+    task: RatingTask
+    config: RunConfig
+    vocab: Vocab
+    genres: list[str]
+    user_ids: torch.Tensor
+    """Raw MovieLens userId of each contiguous user id."""
+    movie_ids: torch.Tensor
+    """Raw MovieLens movieId of each contiguous movie id."""
+    titles: list[str]
+    meta: dict
+
+
+def vocab_of(cfg: RunConfig, manifest: dict) -> Vocab:
+    """Table sizes of a model trained with `cfg` on the prepared dataset described by `manifest`."""
+    counts = manifest["counts"]
+    return Vocab(counts["users"], counts["movies"], counts["genres"], num_year_buckets(cfg.model.year_bucket_years))
+
+
+def export_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write `<run_dir>/model.pt` (or `out`) from the run's best checkpoint; returns the path."""
+    run_dir = Path(run_dir)
+    results_path = run_dir / "results.json"
+    if not results_path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no results.json; export a run that `mmdlrm train` has finished")
+    cfg = load_config(run_dir / "config.yaml")
+    prepared = Path(json.loads(results_path.read_text())["prepared_dir"])
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    vocab = vocab_of(cfg, manifest)
+    task = build_task(cfg.model, vocab, len(DENSE_FEATURES), device=torch.device("cpu"), sparse_device="cpu")
+    meta = checkpoint.load_unsharded(task, run_dir / "checkpoints" / "best")
+    movies = pq.read_table(prepared / "movies.parquet", columns=["movie_id", "title"])
+    users = pq.read_table(prepared / "users.parquet", columns=["user_id"])
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "config": to_dict(cfg),
+        "vocab": asdict(vocab),
+        "genres": manifest["genres"],
+        "user_ids": torch.from_numpy(users["user_id"].to_numpy().astype("int64")),
+        "movie_ids": torch.from_numpy(movies["movie_id"].to_numpy().astype("int64")),
+        "titles": movies["title"].to_pylist(),
+        "meta": {"checkpoint": meta, "prepared_dir": str(prepared), "run_dir": str(run_dir)},
+        "state_dict": task.state_dict(),
+    }
+    out = Path(out) if out else run_dir / "model.pt"
+    tmp = out.with_name(out.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(out)
+    return out
+
+
+def load_exported(path: str | Path) -> ExportedModel:
+    """Load a file written by `export_run` (tensors only: no code is unpickled)."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: export format {payload.get('format_version')}, this mmdlrm reads {FORMAT_VERSION}")
+    cfg = from_dict(payload["config"], source=str(path))
+    vocab = Vocab(**payload["vocab"])
+    task = build_task(cfg.model, vocab, len(DENSE_FEATURES), device=torch.device("cpu"), sparse_device="cpu")
+    task.load_state_dict(payload["state_dict"])
+    task.eval()
+    return ExportedModel(task, cfg, vocab, payload["genres"], payload["user_ids"], payload["movie_ids"],
+                         payload["titles"], payload["meta"])  # fmt: skip
