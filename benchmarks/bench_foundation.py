@@ -109,7 +109,8 @@ def bench_training(data, config: str, steps: int, warmup: int) -> dict:
     cfg = load_config(config, ["train.device=cpu"])
     env = init_distributed("cpu")
     try:
-        model, optimizer, _ = build_model(cfg, data, env)
+        sharded = build_model(cfg, data, env)
+        model, optimizer = sharded.model, sharded.optimizer
         builder = BatchBuilder(data, cfg.model.year_bucket_years)
         rows = SplitRows.from_prepared(data, "train")
         generator = torch.Generator().manual_seed(0)

@@ -23,7 +23,7 @@ from mmdlrm.data.batches import DENSE_FEATURES, BatchBuilder, BatchLoader, Split
 from mmdlrm.data.prepare import Prepared, ensure_prepared, load_prepared
 from mmdlrm.distributed import checkpoint
 from mmdlrm.distributed.env import DistEnv, log0
-from mmdlrm.distributed.sharding import shard
+from mmdlrm.distributed.sharding import Sharded, shard
 from mmdlrm.evaluation.baselines import evaluate_baselines
 from mmdlrm.evaluation.metrics import evaluate
 from mmdlrm.inspection.plots import plot_curves, plot_predictions
@@ -85,7 +85,7 @@ def build_loaders(cfg: RunConfig, data: Prepared, env: DistEnv) -> dict[str, Bat
     return loaders
 
 
-def build_model(cfg: RunConfig, data: Prepared, env: DistEnv):
+def build_model(cfg: RunConfig, data: Prepared, env: DistEnv) -> Sharded:
     """The task module sharded by DistributedModelParallel, its combined optimiser and the sharding plan."""
     torch.manual_seed(cfg.train.seed)
     vocab = Vocab(data.num_users, data.num_movies, len(data.genres), num_year_buckets(cfg.model.year_bucket_years))
@@ -128,11 +128,12 @@ def train(cfg: RunConfig, env: DistEnv) -> TrainResult:
     data = build_data(cfg, env)
     result.prepared_dir = data.folder
     loaders = build_loaders(cfg, data, env)
-    model, optimizer, plan = build_model(cfg, data, env)
-    log0(env, "sharding plan:\n%s", plan)
+    sharded = build_model(cfg, data, env)
+    model, optimizer = sharded.model, sharded.optimizer
+    log0(env, "sharding plan:\n%s", sharded.describe())
     state = _start(cfg, env, model, optimizer)
     if env.is_rank0:
-        (run_dir / "plan.txt").write_text(str(plan) + "\n")
+        (run_dir / "plan.txt").write_text(sharded.describe() + "\n")
         result.baselines = evaluate_baselines(
             data.splits, data.num_users, data.num_movies, cfg.model.task, cfg.model.liked_threshold
         )
@@ -165,17 +166,31 @@ def train(cfg: RunConfig, env: DistEnv) -> TrainResult:
 
 
 def _start(cfg: RunConfig, env: DistEnv, model, optimizer) -> TrainState:
-    """Resume the unfinished run in `cfg.run_dir` if there is one (and `train.resume`), else start afresh."""
+    """Resume the unfinished run in `cfg.run_dir` if there is one (and `train.resume`), else start afresh.
+
+    Rank 0 decides and tells the others, so that no rank resumes while another starts over.
+    """
     run_dir = cfg.run_dir
     last = run_dir / "checkpoints" / "last"
-    unfinished = checkpoint.find(last) is not None and not (run_dir / "results.json").is_file()
-    if cfg.train.resume and unfinished:
-        _check_same_config(cfg, run_dir / "config.yaml")
+    decision = ["fresh"]
+    if env.is_rank0:
+        unfinished = checkpoint.find(last) is not None and not (run_dir / "results.json").is_file()
+        if cfg.train.resume and unfinished:
+            try:
+                _check_same_config(cfg, run_dir / "config.yaml")
+                decision = ["resume"]
+            except ConfigError as err:
+                decision = [str(err)]
+    if env.world_size > 1:
+        dist.broadcast_object_list(decision, src=0)
+    if decision[0] == "resume":
         state = TrainState(**checkpoint.load(last, model, optimizer, env))
         log0(env, "resuming %s at epoch %d, step %d", run_dir, state.epoch, state.step)
         if env.is_rank0:  # metrics.jsonl may hold an epoch the checkpoint does not; rewrite it from the state
             (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in state.epochs))
         return state
+    if decision[0] != "fresh":
+        raise ConfigError(decision[0])
     if env.is_rank0:
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         (run_dir / "results.json").unlink(missing_ok=True)
@@ -323,7 +338,7 @@ def evaluate_run(cfg: RunConfig, run_dir: Path, env: DistEnv) -> TrainResult:
     data = build_data(cfg, env)
     result.prepared_dir = data.folder
     loaders = build_loaders(cfg, data, env)
-    model, _, _ = build_model(cfg, data, env)
+    model = build_model(cfg, data, env).model
     result.best_epoch = checkpoint.load(best_dir, model).get("epoch", -1)
     result.test, _, _ = evaluate(model, loaders["test"], cfg.model.task, env.device)
     if env.is_rank0:

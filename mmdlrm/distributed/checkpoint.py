@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -129,7 +130,9 @@ def load_unsharded(module: nn.Module, folder: str | Path) -> dict:
     """Load the model state of a (sharded) checkpoint into a plain, unsharded module in this process alone."""
     info = manifest(folder)
     state = {"model": module.state_dict()}
-    dcp.load(state, checkpoint_id=info["folder"], no_dist=True)
+    with warnings.catch_warnings():  # "torch.distributed is disabled ... assuming ... a single process": yes
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        dcp.load(state, checkpoint_id=info["folder"], no_dist=True)
     module.load_state_dict(state["model"])
     return info["meta"]
 

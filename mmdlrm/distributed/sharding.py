@@ -7,6 +7,7 @@ get their own Adam. Capabilities are checked here, before any process can hang i
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -101,11 +102,42 @@ def make_planner(cfg: ShardingConfig, env: DistEnv, batch_size: int, embedding_d
     )
 
 
-def plan_sharding(module: nn.Module, cfg: ShardingConfig, env: DistEnv, batch_size: int, embedding_dim: int) -> ShardingPlan:
-    """Ask TorchRec's planner for a plan over the real topology, restricted to what the device supports."""
+def plan_sharding(
+    module: nn.Module, cfg: ShardingConfig, env: DistEnv, batch_size: int, embedding_dim: int
+) -> tuple[ShardingPlan, dict[int, int]]:
+    """Ask TorchRec's planner for a plan over the real topology, restricted to what the device supports.
+
+    Returns:
+        the plan, and the planner's estimate of the tables' memory (weights, optimiser state, buffers) per rank.
+    """
     check_capabilities(cfg, env.device)
     planner = make_planner(cfg, env, batch_size, embedding_dim)
-    return planner.collective_plan(module, [EmbeddingBagCollectionSharder()], dist.GroupMember.WORLD)
+    plan = planner.collective_plan(module, [EmbeddingBagCollectionSharder()], dist.GroupMember.WORLD)
+    estimate = dict.fromkeys(range(env.world_size), 0)
+    for option in planner.get_selected_options():  # rank 0 planned for everyone (collective_plan broadcasts)
+        for placed in option.shards:
+            estimate[placed.rank] += placed.storage.ddr + placed.storage.hbm
+    if env.world_size > 1:
+        holder = [estimate]
+        dist.broadcast_object_list(holder, src=0)
+        estimate = holder[0]
+    return plan, estimate
+
+
+@dataclass
+class Sharded:
+    """The model as DistributedModelParallel placed it, its optimisers, and how the tables were placed."""
+
+    model: DistributedModelParallel
+    optimizer: CombinedOptimizer
+    plan: ShardingPlan
+    estimated_bytes: dict[int, int]
+    """The planner's memory estimate for the tables on each rank."""
+
+    def describe(self) -> str:
+        """The plan as TorchRec prints it, then the planner's memory estimate per rank."""
+        memory = ", ".join(f"rank {r}: {b / 2**20:,.1f} MiB" for r, b in sorted(self.estimated_bytes.items()))
+        return f"{self.plan}\nplanner memory estimate for the tables: {memory}"
 
 
 def shard(
@@ -116,7 +148,7 @@ def shard(
     batch_size: int,
     embedding_dim: int,
     dense_lr: float,
-) -> tuple[DistributedModelParallel, CombinedOptimizer, ShardingPlan]:
+) -> Sharded:
     """Fuse the sparse optimiser into the backward pass, shard with DistributedModelParallel, add dense Adam.
 
     Args:
@@ -129,7 +161,7 @@ def shard(
     # FBGEMM's fused kernels default to eps=1e-8, torch's Adagrad to 1e-10: pin it so fused and unfused agree.
     kwargs = {"lr": cfg.sparse_lr} if cfg.sparse_optimizer == "sgd" else {"lr": cfg.sparse_lr, "eps": ADAGRAD_EPS}
     apply_optimizer_in_backward(optimizer_class, sparse_params.parameters(), dict(kwargs))  # it adds keys
-    plan = plan_sharding(module, cfg, env, batch_size, embedding_dim)
+    plan, estimate = plan_sharding(module, cfg, env, batch_size, embedding_dim)
     model = DistributedModelParallel(module, device=env.device, plan=plan)
     rest = dict(in_backward_optimizer_filter(model.named_parameters()))
     # Tables the plan keeps unfused (data_parallel, or a `dense` kernel) still get the sparse optimiser, so that
@@ -140,4 +172,4 @@ def shard(
     if tables:
         sparse = KeyedOptimizerWrapper(tables, lambda ps: optimizer_class(ps, **kwargs))
         optimizers.insert(1, ("unfused_tables", sparse))
-    return model, CombinedOptimizer(optimizers), plan
+    return Sharded(model, CombinedOptimizer(optimizers), plan, estimate)

@@ -44,7 +44,8 @@ def _model(prepared: str, env: DistEnv, plan: str | None, optimizer: str = "roww
         overrides.append(f"sharding.plan={plan}")
     cfg = load_config(CONFIG, overrides)
     data = load_prepared(prepared)
-    model, optimizer, sharding_plan = build_model(cfg, data, env)
+    sharded = build_model(cfg, data, env)
+    model, optimizer, sharding_plan = sharded.model, sharded.optimizer, sharded.plan
     builder = BatchBuilder(data, cfg.model.year_bucket_years)
     return cfg, data, builder, model, optimizer, sharding_plan
 
