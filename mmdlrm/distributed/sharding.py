@@ -51,6 +51,16 @@ def check_capabilities(cfg: ShardingConfig, device: torch.device, features: tupl
             raise ConfigError(
                 f"{key}={wanted.sharding_type} needs CUDA (NCCL); on {device.type} use one of: {', '.join(supported)}"
             )
+        # The sparse optimiser is always fused into the backward pass: sharded tables then run FBGEMM's fused
+        # kernels, and only replicated (data_parallel) tables run the dense one.
+        replicated = wanted.sharding_type == "data_parallel"
+        if (wanted.compute_kernel == "dense" and wanted.sharding_type not in (None, "data_parallel")) or (
+            replicated and wanted.compute_kernel not in (None, "dense")
+        ):
+            raise ConfigError(
+                f"sharding.tables.{feature}: {wanted.sharding_type} with compute_kernel={wanted.compute_kernel} does "
+                "not exist; data_parallel tables use the dense kernel, sharded ones fused (or fused_uvm* on CUDA)"
+            )
         if device.type != "cuda" and wanted.compute_kernel in ("fused_uvm", "fused_uvm_caching"):
             raise ConfigError(
                 f"sharding.tables.{feature}.compute_kernel={wanted.compute_kernel} needs CUDA; on cpu use fused or dense"

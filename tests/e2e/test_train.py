@@ -97,5 +97,21 @@ def test_sharding_plan_the_cpu_cannot_run_is_refused_up_front(tmp_path, capsys):
     assert "sharding.plan=row_wise needs CUDA (NCCL); on cpu use one of: data_parallel, table_wise" in capsys.readouterr().err
     assert main([*args, "sharding.tables.movie.sharding_type=table_row_wise"]) == 2
     assert "sharding.tables.movie=table_row_wise needs CUDA (NCCL); on cpu use" in capsys.readouterr().err
+    assert main([*args, "sharding.tables.movie.compute_kernel=dense", "sharding.plan=table_wise"]) == 2
+    assert "sharding.tables.movie: table_wise with compute_kernel=dense does not exist; data_parallel" in capsys.readouterr().err
     assert main([*args, "sharding.tables.user.compute_kernel=fused_uvm"]) == 2
     assert "compute_kernel=fused_uvm needs CUDA; on cpu use fused or dense" in capsys.readouterr().err
+
+
+def test_per_table_constraints_reach_the_plan(tmp_path):
+    _run_train(tmp_path, "train.max_epochs=1", "train.min_epochs=1", "sharding.plan=table_wise",
+               "sharding.tables.user.sharding_type=column_wise", "sharding.tables.movie.sharding_type=data_parallel",
+               "sharding.tables.movie.compute_kernel=dense")  # fmt: skip
+    rows = {}  # the first table of plan.txt: param | sharding type | compute kernel | ranks
+    for line in (tmp_path / "runs" / "debug" / "plan.txt").read_text().splitlines():
+        if line.startswith("t_"):
+            rows.setdefault(line.split("|")[0].strip(), [c.strip() for c in line.split("|")])
+    assert rows["t_user"][1:3] == ["column_wise", "fused"]
+    assert rows["t_movie"][1:3] == ["data_parallel", "dense"]
+    assert rows["t_genre"][1] == "table_wise" and rows["t_year"][1] == "table_wise"
+    assert "planner memory estimate for the tables: rank 0:" in (tmp_path / "runs" / "debug" / "plan.txt").read_text()
