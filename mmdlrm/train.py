@@ -25,6 +25,8 @@ from mmdlrm.distributed import checkpoint
 from mmdlrm.distributed.env import DistEnv, log0
 from mmdlrm.distributed.sharding import Sharded, shard
 from mmdlrm.evaluation.baselines import evaluate_baselines
+from mmdlrm.features.extract import ensure_features
+from mmdlrm.features.store import MovieVectors, load_vectors
 from mmdlrm.evaluation.metrics import evaluate
 from mmdlrm.inspection.plots import plot_curves, plot_predictions
 from mmdlrm.model.tables import Vocab
@@ -48,6 +50,11 @@ class TrainResult:
     def to_json(self) -> dict:
         out = asdict(self)
         return {k: str(v) if isinstance(v, Path) else v for k, v in out.items()}
+
+
+def cold_movies(cfg: RunConfig, data: Prepared) -> torch.Tensor:
+    """A bool per movie: at most `eval.cold_start_max_ratings` training ratings."""
+    return torch.from_numpy(data.movies["train_count"] <= cfg.eval.cold_start_max_ratings)
 
 
 def selection_metric(task: str) -> tuple[str, float]:
@@ -89,7 +96,11 @@ def build_model(cfg: RunConfig, data: Prepared, env: DistEnv) -> Sharded:
     """The task module sharded by DistributedModelParallel, its combined optimiser and the sharding plan."""
     torch.manual_seed(cfg.train.seed)
     vocab = Vocab(data.num_users, data.num_movies, len(data.genres), num_year_buckets(cfg.model.year_bucket_years))
-    task = build_task(cfg.model, vocab, len(DENSE_FEATURES), device=env.device)
+    content = load_content(cfg, data, env)
+    task = build_task(cfg.model, vocab, len(DENSE_FEATURES), device=env.device, projection_dim=cfg.features.projection_dim,
+                      content_dims={m: v.vectors.shape[1] for m, v in content.items()})  # fmt: skip
+    for modality, vectors in content.items():
+        task.model.content.set_vectors(modality, vectors.vectors, vectors.missing)
     mean_label = data.mean_rating
     if cfg.model.task == "binary":
         mean_label = float((data.splits["train"]["rating"] >= cfg.model.liked_threshold).mean())
@@ -97,6 +108,29 @@ def build_model(cfg: RunConfig, data: Prepared, env: DistEnv) -> Sharded:
     local_batch = cfg.train.batch_size // env.world_size
     sparse = task.model.dlrm.sparse_arch
     return shard(task, sparse, cfg.sharding, env, local_batch, cfg.model.embedding_dim, cfg.train.dense_lr)
+
+
+def load_content(cfg: RunConfig, data: Prepared, env: DistEnv) -> dict[str, MovieVectors]:
+    """The content vectors the config asks for, per modality, in contiguous movie-id order.
+
+    The feature store is made on rank 0 on first use (every movie encoded once); the other ranks wait.
+    """
+    modalities = [m for m, used in (("image", cfg.features.uses_image), ("text", cfg.features.uses_text)) if used]
+    if not modalities:
+        return {}
+    holder = [None]
+    if env.is_rank0:
+        release = Path(data.manifest["source"]["folder"])
+        movie_ids = data.movies["movie_id"].tolist()
+        holder = [str(ensure_features(cfg.features, cfg.data, release, movie_ids, env.device, cfg.train.progress))]
+    if env.world_size > 1:
+        dist.broadcast_object_list(holder, src=0)
+    store = holder[0]
+    content = {m: load_vectors(store, data.movies["movie_id"], m) for m in modalities}
+    for m, v in content.items():
+        log0(env, "content: %s vectors (%d-d) from %s for %d movies, %d missing", m, v.vectors.shape[1], v.model,
+             len(v.missing), int(v.missing.sum()))  # fmt: skip
+    return content
 
 
 @dataclass
@@ -134,9 +168,8 @@ def train(cfg: RunConfig, env: DistEnv) -> TrainResult:
     state = _start(cfg, env, model, optimizer)
     if env.is_rank0:
         (run_dir / "plan.txt").write_text(sharded.describe() + "\n")
-        result.baselines = evaluate_baselines(
-            data.splits, data.num_users, data.num_movies, cfg.model.task, cfg.model.liked_threshold
-        )
+        result.baselines = evaluate_baselines(data.splits, data.num_users, data.num_movies, cfg.model.task,
+                                              cfg.model.liked_threshold, cold_movies(cfg, data).numpy())  # fmt: skip
     metric, sign = selection_metric(cfg.model.task)
     checkpoints = run_dir / "checkpoints"
     while not state.done:
@@ -159,7 +192,8 @@ def train(cfg: RunConfig, env: DistEnv) -> TrainResult:
     result.epochs, result.best_epoch = state.epochs, state.best_epoch
     checkpoint.load(checkpoints / "best", model)
     result.checkpoint = checkpoints / "best"
-    result.test, preds, labels = evaluate(model, loaders["test"], cfg.model.task, env.device, keep_predictions=True)
+    result.test, preds, labels = evaluate(model, loaders["test"], cfg.model.task, env.device, keep_predictions=True,
+                                          cold_movies=cold_movies(cfg, data))  # fmt: skip
     if env.is_rank0:
         _write_outputs(result, preds.numpy(), labels.numpy(), cfg, metric)
     return result
@@ -322,12 +356,18 @@ def _write_outputs(result: TrainResult, preds: np.ndarray, labels: np.ndarray, c
 
 
 def results_table(result: TrainResult, task: str) -> str:
-    """Test metrics of the model beside both baselines, as a fixed-width table."""
+    """Test metrics of the model beside both baselines, as a fixed-width table, then the cold-start slice."""
     names = ["rmse", "mae", "mse"] if task == "rating" else ["auc", "log_loss", "accuracy", "rmse"]
-    rows = [("global mean", result.baselines["global_mean"]["test"]), ("user+movie bias", result.baselines["bias"]["test"]),
-            ("DLRM", result.test)]  # fmt: skip
-    lines = [f"{'model':<18}" + "".join(f"{n.upper():>10}" for n in names)]
-    lines += [f"{label:<18}" + "".join(f"{values[n]:>10.4f}" for n in names) for label, values in rows]
+    blocks = [("test", "test", "model")]
+    if "cold_start" in result.test:
+        blocks.append(("test_cold_start", "cold_start", "cold-start movies"))
+    lines = []
+    for baseline_key, model_key, title in blocks:
+        model = result.test if model_key == "test" else result.test[model_key]
+        rows = [("global mean", result.baselines["global_mean"][baseline_key]),
+                ("user+movie bias", result.baselines["bias"][baseline_key]), ("DLRM", model)]  # fmt: skip
+        lines.append(f"{title:<18}" + "".join(f"{n.upper():>10}" for n in names))
+        lines += [f"{label:<18}" + "".join(f"{values[n]:>10.4f}" for n in names) for label, values in rows]
     return "\n".join(lines)
 
 
@@ -340,10 +380,10 @@ def evaluate_run(cfg: RunConfig, run_dir: Path, env: DistEnv) -> TrainResult:
     loaders = build_loaders(cfg, data, env)
     model = build_model(cfg, data, env).model
     result.best_epoch = checkpoint.load(best_dir, model).get("epoch", -1)
-    result.test, _, _ = evaluate(model, loaders["test"], cfg.model.task, env.device)
+    cold = cold_movies(cfg, data)
+    result.test, _, _ = evaluate(model, loaders["test"], cfg.model.task, env.device, cold_movies=cold)
     if env.is_rank0:
-        result.baselines = evaluate_baselines(
-            data.splits, data.num_users, data.num_movies, cfg.model.task, cfg.model.liked_threshold
-        )
+        result.baselines = evaluate_baselines(data.splits, data.num_users, data.num_movies, cfg.model.task,
+                                              cfg.model.liked_threshold, cold.numpy())  # fmt: skip
         log.info("test results of %s (best epoch %d):\n%s", run_dir, result.best_epoch, results_table(result, cfg.model.task))
     return result

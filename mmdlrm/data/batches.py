@@ -55,6 +55,26 @@ class SplitRows:
         return len(self.rating)
 
 
+@dataclass
+class MovieBatch(Batch):
+    """TorchRec's Batch plus each row's movie id, which the content arch gathers vectors by."""
+
+    movies: torch.Tensor = None  # type: ignore[assignment]
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> MovieBatch:
+        moved = super().to(device, non_blocking)
+        return MovieBatch(moved.dense_features, moved.sparse_features, moved.labels,
+                          self.movies.to(device=device, non_blocking=non_blocking))  # fmt: skip
+
+    def record_stream(self, stream: torch.Stream) -> None:
+        super().record_stream(stream)
+        self.movies.record_stream(stream)
+
+    def pin_memory(self) -> MovieBatch:
+        pinned = super().pin_memory()
+        return MovieBatch(pinned.dense_features, pinned.sparse_features, pinned.labels, self.movies.pin_memory())
+
+
 class BatchBuilder:
     """Builds `Batch`es from row indices of a split: per-user and per-movie tables are gathered, never looped."""
 
@@ -108,7 +128,7 @@ class BatchBuilder:
             dim=1,
         )
         labels = (rating >= self.liked_threshold).float() if self.task == "binary" else rating
-        return Batch(dense_features=dense, sparse_features=sparse, labels=labels)
+        return MovieBatch(dense_features=dense, sparse_features=sparse, labels=labels, movies=movie)
 
     def _deviation(self, total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
         return (total + SHRINKAGE * self.mean) / (count + SHRINKAGE) - self.mean

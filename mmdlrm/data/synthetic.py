@@ -4,6 +4,7 @@ Each rating is `mu + user_bias + movie_quality + alpha * <user_taste, movie_late
 and clipped to 0.5..5.0. A movie's latent vector is the mean of its genres' vectors plus a movie-specific part, and
 genre vectors are drawn around a few planted clusters (action, family, dark, serious). The planted genre
 similarity matrix and every hidden parameter are saved in `truth.npz`, so tests can check what a model learnt.
+With `media`, posters and summaries that show each movie's quality and traits are written too (synthetic_media).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from mmdlrm.config import SyntheticConfig
+from mmdlrm.data.synthetic_media import write_media
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +118,8 @@ def generate(cfg: SyntheticConfig, out_dir: str | Path) -> Path:
         },
     )
     _write_tags(out / "tags.csv", cfg, rng, truth, users, movies, timestamps)
+    if cfg.media:
+        write_media(out, movie_ids, titles.to_pylist(), truth.movie_quality, truth.movie_latent)
     truth.save(out / "truth.npz")
     log.info("synthetic release: %d ratings, %d users, %d movies -> %s", len(users), cfg.num_users, len(movie_ids), out)
     return out

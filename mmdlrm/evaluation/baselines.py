@@ -58,8 +58,9 @@ def score(preds: np.ndarray, ratings: np.ndarray, task: str, liked_threshold: fl
 
 
 def evaluate_baselines(splits: dict[str, dict[str, np.ndarray]], num_users: int, num_movies: int, task: str = "rating",
-                       liked_threshold: float = 4.0) -> dict[str, dict]:  # fmt: skip
-    """Fit both baselines on `splits["train"]` and score them on val and test.
+                       liked_threshold: float = 4.0, cold_movies: np.ndarray | None = None) -> dict[str, dict]:  # fmt: skip
+    """Fit both baselines on `splits["train"]` and score them on val and test (and the test rows of
+    `cold_movies`, a bool per movie, under "test_cold_start").
 
     Returns:
         {"global_mean": {"val": metrics, "test": metrics}, "bias": {..., "regularisation": chosen}}.
@@ -83,4 +84,8 @@ def evaluate_baselines(splits: dict[str, dict[str, np.ndarray]], num_users: int,
         out["global_mean"][split] = score(flat, cols["rating"], task, liked_threshold)
         stars = bias.predict(cols["user"], cols["movie"])
         out["bias"][split] = score(to_task(stars), cols["rating"], task, liked_threshold)
+        if split == "test" and cold_movies is not None:
+            rows = cold_movies[cols["movie"]]
+            out["global_mean"]["test_cold_start"] = score(flat[rows], cols["rating"][rows], task, liked_threshold)
+            out["bias"]["test_cold_start"] = score(to_task(stars)[rows], cols["rating"][rows], task, liked_threshold)
     return out

@@ -44,9 +44,18 @@ class RatingMetrics:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, batches: Iterable[Batch], task: str, device: torch.device, keep_predictions: bool = False
-) -> tuple[dict[str, float], torch.Tensor | None, torch.Tensor | None]:
+    model: nn.Module,
+    batches: Iterable[Batch],
+    task: str,
+    device: torch.device,
+    keep_predictions: bool = False,
+    cold_movies: torch.Tensor | None = None,
+) -> tuple[dict, torch.Tensor | None, torch.Tensor | None]:
     """Metrics of `model` (returning `(loss, (loss, preds, labels))`) over `batches`, and optionally its predictions.
+
+    Args:
+        cold_movies: a bool per movie id; the rows of those movies are also scored apart, under
+            metrics["cold_start"] (movies with few training ratings: where content features should help).
 
     Returns:
         (metrics, predictions or None, labels or None); predictions are this rank's only.
@@ -54,14 +63,22 @@ def evaluate(
     was_training = model.training
     model.eval()
     metrics = RatingMetrics(task, device)
+    cold = RatingMetrics(task, device) if cold_movies is not None else None
     kept_preds, kept_labels = [], []
     for batch in batches:
-        _, (_, preds, labels) = model(batch.to(device))
+        batch = batch.to(device)
+        _, (_, preds, labels) = model(batch)
         metrics.update(preds, labels)
+        if cold is not None:
+            rows = cold_movies.to(device)[batch.movies]
+            cold.update(preds[rows], labels[rows])
         if keep_predictions:
             kept_preds.append(preds.cpu())
             kept_labels.append(labels.cpu())
     model.train(was_training)
+    values: dict = metrics.compute()
+    if cold is not None:
+        values["cold_start"] = cold.compute()
     if not keep_predictions:
-        return metrics.compute(), None, None
-    return metrics.compute(), torch.cat(kept_preds), torch.cat(kept_labels)
+        return values, None, None
+    return values, torch.cat(kept_preds), torch.cat(kept_labels)

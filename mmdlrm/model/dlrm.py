@@ -9,6 +9,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from mmdlrm.config import ModelConfig
+from mmdlrm.model.content import MovieContent
 from mmdlrm.model.tables import Vocab, build_tables
 
 
@@ -26,13 +27,20 @@ class MovieDLRM(nn.Module):
         dense_in: int,
         device: torch.device | None = None,
         sparse_device: torch.device | None = None,
+        content_dims: dict[str, int] | None = None,
+        projection_dim: int = 16,
     ) -> None:
-        """Tables are allocated on `sparse_device` (meta: left to DistributedModelParallel), the rest on `device`."""
+        """Tables are allocated on `sparse_device` (meta: left to DistributedModelParallel), the rest on `device`.
+
+        With `content_dims` (modality -> vector size), each movie's content vectors, projected, join the dense
+        features before the dense arch.
+        """
         super().__init__()
         ebc = EmbeddingBagCollection(tables=build_tables(cfg, vocab), device=sparse_device)
+        self.content = MovieContent(content_dims, vocab.movies, projection_dim, device) if content_dims else None
         self.dlrm = DLRM(
             embedding_bag_collection=ebc,
-            dense_in_features=dense_in,
+            dense_in_features=dense_in + (self.content.out_features if self.content else 0),
             dense_arch_layer_sizes=[*cfg.dense_arch, cfg.embedding_dim],
             over_arch_layer_sizes=[*cfg.over_arch, 1],
             dense_device=device,
@@ -43,6 +51,10 @@ class MovieDLRM(nn.Module):
         """The over arch's last (single-unit) layer."""
         return self.dlrm.over_arch.model[-1]
 
-    def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
-        """Logits of size B."""
+    def forward(
+        self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor, movies: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits of size B; `movies` (B movie ids) is needed when the model reads content vectors."""
+        if self.content is not None:
+            dense_features = torch.cat([dense_features, self.content(movies)], dim=1)
         return self.dlrm(dense_features=dense_features, sparse_features=sparse_features).squeeze(-1)

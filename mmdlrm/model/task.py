@@ -47,7 +47,7 @@ class RatingTask(nn.Module):
         return torch.sigmoid(logits)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        logits = self.model(batch.dense_features, batch.sparse_features)
+        logits = self.model(batch.dense_features, batch.sparse_features, getattr(batch, "movies", None))
         preds = self.predictions(logits)
         labels = batch.labels.float()
         if self.task == "rating":
@@ -58,11 +58,18 @@ class RatingTask(nn.Module):
 
 
 def build_task(
-    cfg: ModelConfig, vocab: Vocab, dense_in: int, device: torch.device | None = None, sparse_device: str = "meta"
+    cfg: ModelConfig,
+    vocab: Vocab,
+    dense_in: int,
+    device: torch.device | None = None,
+    sparse_device: str = "meta",
+    content_dims: dict[str, int] | None = None,
+    projection_dim: int = 16,
 ) -> RatingTask:
     """The model and its task as the config asks.
 
     Tables default to the meta device: DistributedModelParallel allocates each shard where the plan puts it.
     """
-    model = MovieDLRM(cfg, vocab, dense_in, device=device, sparse_device=torch.device(sparse_device))
+    model = MovieDLRM(cfg, vocab, dense_in, device=device, sparse_device=torch.device(sparse_device),
+                      content_dims=content_dims, projection_dim=projection_dim)  # fmt: skip
     return RatingTask(model, task=cfg.task)

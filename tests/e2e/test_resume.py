@@ -59,7 +59,9 @@ def test_killed_mid_epoch_run_resumes_to_the_uninterrupted_result(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stderr and "at epoch 1, step" in resumed.stderr
     whole, killed = _results(tmp_path, "whole"), _results(tmp_path, "killed")
+    cold_killed, cold_whole = killed["test"].pop("cold_start"), whole["test"].pop("cold_start")
     assert killed["test"] == pytest.approx(whole["test"], rel=1e-6)
+    assert cold_killed == pytest.approx(cold_whole, rel=1e-6)
     assert [e["val"]["rmse"] for e in killed["epochs"]] == pytest.approx([e["val"]["rmse"] for e in whole["epochs"]], rel=1e-6)
     assert [e["train_loss"] for e in killed["epochs"]] == pytest.approx([e["train_loss"] for e in whole["epochs"]], rel=1e-6)
     lines = (run / "metrics.jsonl").read_text().splitlines()

@@ -1,0 +1,194 @@
+"""Encoding every movie once: posters decoded in DataLoader workers, batched through the encoders, stored in parts.
+
+`extract` is resumable (movies already in the store are skipped) and tolerant: an image that cannot be read is
+reported by file name and stored as missing. `ensure_features` is what training calls: it makes the store for
+the run's data on first use, on rank 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from mmdlrm.config import SYNTHETIC, DataConfig, FeatureConfig
+from mmdlrm.features.encoders import FeatureError, ImageEncoder, TextEncoder, build_encoders
+from mmdlrm.features.inputs import catalogue_texts, read_posters, read_summaries
+from mmdlrm.features.store import StoreHeader, is_complete, mark_complete, open_store, write_part
+
+log = logging.getLogger("mmdlrm")
+
+
+@dataclass
+class ExtractReport:
+    """What an extraction did."""
+
+    store: Path
+    encoded: int = 0
+    skipped: int = 0
+    """Movies already in the store (an earlier, interrupted run)."""
+    missing_posters: int = 0
+    unreadable: list[str] = field(default_factory=list)
+    """Poster files that could not be decoded (counted as missing)."""
+    catalogue_texts: int = 0
+    """Movies whose text came from MovieLens (title, genres, tags) for want of a summary."""
+
+
+class _Posters(Dataset):
+    """Decodes and preprocesses one poster per item (in a DataLoader worker)."""
+
+    def __init__(self, movie_ids: list[int], posters: dict[int, Path], preprocess, size: int) -> None:
+        self.movie_ids, self.posters, self.preprocess, self.size = movie_ids, posters, preprocess, size
+
+    def __len__(self) -> int:
+        return len(self.movie_ids)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, int, str]:
+        movie = self.movie_ids[i]
+        path = self.posters.get(movie)
+        blank = torch.zeros(3, self.size, self.size)
+        if path is None or self.preprocess is None:
+            return movie, blank, 0, ""
+        try:
+            with Image.open(path) as image:
+                return movie, self.preprocess(image.convert("RGB")), 1, ""
+        except Exception as err:  # truncated, corrupt, not an image: report, do not stop
+            return movie, blank, 0, f"{path} ({type(err).__name__}: {err})"
+
+
+def extract(
+    cfg: FeatureConfig,
+    store: str | Path,
+    movie_ids: list[int],
+    posters: dict[int, Path],
+    summaries: dict[int, str],
+    fallback: dict[int, str],
+    device: torch.device,
+    progress: bool = True,
+) -> ExtractReport:
+    """Encode the posters and texts of `movie_ids` into `store`, skipping movies it already holds."""
+    store = Path(store)
+    image_encoder, text_encoder = build_encoders(cfg, device, images=bool(posters), texts=True)
+    header = StoreHeader(
+        image_model=image_encoder.name if image_encoder else None,
+        image_dim=image_encoder.dim if image_encoder else 1,
+        text_model=text_encoder.name,
+        text_dim=text_encoder.dim,
+    )
+    done = open_store(store, header)
+    todo = [m for m in movie_ids if m not in done]
+    report = ExtractReport(store, skipped=len(movie_ids) - len(todo))
+    if report.skipped:
+        log.info("%s: %d movies already encoded, %d to go", store, report.skipped, len(todo))
+    size = _image_size(image_encoder)
+    loader = DataLoader(
+        _Posters(todo, posters, image_encoder.preprocess if image_encoder else None, size),
+        batch_size=cfg.batch_size, num_workers=cfg.num_workers if posters else 0, shuffle=False,
+    )  # fmt: skip
+    pending: dict[str, list] = _empty()
+    bar = tqdm(total=len(todo), unit="movie", desc="encoding", disable=not progress, mininterval=1.0)
+    for movie, pixels, ok, error in loader:
+        movies = movie.tolist()
+        ok = ok.bool()
+        report.unreadable += [e for e in error if e]
+        image = torch.zeros(len(movies), header.image_dim)
+        if image_encoder is not None and ok.any():
+            image[ok] = image_encoder.encode_images(pixels[ok]).cpu()
+        texts, sources = _texts(movies, summaries, fallback)
+        pending["movie_ids"] += movies
+        pending["image"].append(image.numpy())
+        pending["image_missing"] += (~ok).tolist()
+        pending["text"].append(text_encoder.encode_texts(texts).cpu().numpy())
+        pending["text_missing"] += [False] * len(movies)
+        pending["text_source"] += sources
+        report.encoded += len(movies)
+        report.missing_posters += int((~ok).sum())
+        report.catalogue_texts += sources.count("catalogue")
+        bar.update(len(movies))
+        if len(pending["movie_ids"]) >= cfg.part_size:
+            _flush(store, header, pending)
+            pending = _empty()
+    if pending["movie_ids"]:
+        _flush(store, header, pending)
+    bar.close()
+    for problem in report.unreadable:
+        log.warning("unreadable poster, stored as missing: %s", problem)
+    mark_complete(store, {"movies": len(movie_ids), "missing_posters": report.missing_posters})
+    return report
+
+
+def _texts(movies: list[int], summaries: dict[int, str], fallback: dict[int, str]) -> tuple[list[str], list[str]]:
+    texts, sources = [], []
+    for m in movies:
+        if m in summaries:
+            texts.append(summaries[m])
+            sources.append("summary")
+        else:
+            texts.append(fallback.get(m, f"Movie {m}."))
+            sources.append("catalogue")
+    return texts, sources
+
+
+def _empty() -> dict[str, list]:
+    return {"movie_ids": [], "image": [], "image_missing": [], "text": [], "text_missing": [], "text_source": []}
+
+
+def _flush(store: Path, header: StoreHeader, pending: dict[str, list]) -> None:
+    rows = dict(pending)
+    rows["image"] = np.concatenate(pending["image"])
+    rows["text"] = np.concatenate(pending["text"])
+    write_part(store, header, rows)
+
+
+def _image_size(encoder: ImageEncoder | None) -> int:
+    if encoder is None:
+        return 1
+    size = getattr(getattr(encoder, "model", None), "visual", None)
+    size = getattr(size, "image_size", 224)
+    return size[0] if isinstance(size, (tuple, list)) else int(size)
+
+
+def feature_inputs(cfg: FeatureConfig, release: Path, synthetic: bool) -> tuple[str | None, str | None]:
+    """The posters and summaries to read: the config's, else a synthetic release's own posters/ and summaries.csv."""
+    posters, summaries = cfg.posters, cfg.summaries
+    if synthetic:
+        posters = posters or (str(release / "posters") if (release / "posters").is_dir() else None)
+        summaries = summaries or (str(release / "summaries.csv") if (release / "summaries.csv").is_file() else None)
+    return posters, summaries
+
+
+def store_path(cfg: FeatureConfig, data: DataConfig, release: Path) -> Path:
+    """The store folder: `features.store`, or one under the cache named by release and encoder settings."""
+    if cfg.store:
+        return Path(cfg.store)
+    posters, summaries = feature_inputs(cfg, release, data.source == SYNTHETIC)
+    settings = {"release": str(release.resolve()), "posters": posters, "summaries": summaries, "text": cfg.text_encoder,
+                "clip": [cfg.clip_model, cfg.clip_pretrained, cfg.clip_model_config]}  # fmt: skip
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    return Path(data.cache_dir) / "features" / f"{release.name}-{key}"
+
+
+def ensure_features(cfg: FeatureConfig, data: DataConfig, release: Path, movie_ids: list[int], device, progress: bool) -> Path:
+    """The complete store for this run's movies, extracting it first if needed (call on one rank)."""
+    store = store_path(cfg, data, release)
+    if is_complete(store):
+        return store
+    posters_source, summaries_source = feature_inputs(cfg, release, data.source == SYNTHETIC)
+    if cfg.uses_image and posters_source is None:
+        raise FeatureError("features.modalities uses images but no posters are given; set features.posters=<folder or CSV>")
+    posters = read_posters(posters_source) if posters_source else {}
+    summaries = read_summaries(summaries_source) if summaries_source else {}
+    report = extract(cfg, store, movie_ids, posters, summaries, catalogue_texts(release), device, progress)
+    log.info(
+        "features: %d movies encoded into %s (%d without a poster, %d unreadable, %d texts from the catalogue)",
+        report.encoded, store, report.missing_posters, len(report.unreadable), report.catalogue_texts,
+    )  # fmt: skip
+    return store
