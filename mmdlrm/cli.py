@@ -40,10 +40,23 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train, validate, early-stop, test beside the baselines, write plots")
     evaluate = sub.add_parser("evaluate", help="test a trained run's best checkpoint beside the baselines")
     evaluate.add_argument("run", type=Path, help="run folder (holds config.yaml and checkpoints/best)")
+    features = sub.add_parser("features", help="movie content vectors: `clip` encodes, `summaries` gathers texts")
+    features_sub = features.add_subparsers(dest="features_command", required=True)
+    clip = features_sub.add_parser("clip", help="encode each movie's poster and summary once into the feature store")
+    clip.add_argument("--posters", help="features.posters: folder of <movieId>.jpg, or CSV movieId,path")
+    clip.add_argument("--summaries", help="features.summaries: CSV movieId,summary")
+    clip.add_argument("--store", help="features.store: output folder")
+    texts = features_sub.add_parser("summaries", help="write summaries.csv from TMDB / MeLU / DBpedia texts")
+    texts.add_argument("--links", type=Path, help="MovieLens links.csv (joins TMDB ids)")
+    texts.add_argument("--tmdb", type=Path, help="TMDB movies CSV with id and overview (needs --links)")
+    texts.add_argument("--melu", type=Path, help="MeLU movies_extrainfos.dat (ml-1m plots)")
+    texts.add_argument("--dbpedia", type=Path, help="JSON {movieId: abstract}")
+    texts.add_argument("--out", type=Path, required=True, help="summaries CSV to write")
+
     export = sub.add_parser("export", help="write a run's best model as one plain file (<run>/model.pt)")
     export.add_argument("run", type=Path, help="run folder written by `mmdlrm train`")
     export.add_argument("--out", type=Path, help="file to write (default <run>/model.pt)")
-    for command in (synth, prepare, train, evaluate):
+    for command in (synth, prepare, train, evaluate, clip):
         command.add_argument("--config", type=Path, help="YAML config (see configs/)")
         command.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
     return parser
@@ -55,6 +68,7 @@ def _shorthands(args: argparse.Namespace) -> list[str]:
         "ratings": "data.synthetic.num_ratings", "movies": "data.synthetic.movies_csv",
         "split": "data.split", "on_bad_rows": "data.on_bad_rows",
         "seed": "data.synthetic.seed" if args.command == "synth" else "data.seed",
+        "posters": "features.posters", "summaries": "features.summaries", "store": "features.store",
     }  # fmt: skip
     return [f"{key}={getattr(args, name)}" for name, key in fields.items() if getattr(args, name, None) is not None]
 
@@ -76,15 +90,18 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries(rank=int(os.environ.get("RANK", 0)))
     from mmdlrm.data.tables import DataError
     from mmdlrm.distributed.checkpoint import CheckpointError
+    from mmdlrm.features.encoders import FeatureError
 
     try:
         return _run(args)
-    except (ConfigError, DataError, CheckpointError, FileNotFoundError) as err:
+    except (ConfigError, DataError, CheckpointError, FeatureError, FileNotFoundError) as err:
         print(f"mmdlrm {args.command}: error: {err}", file=sys.stderr)
         return 2
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "features" and args.features_command == "summaries":
+        return _summaries(args)
     if args.command == "export":
         from mmdlrm.export import export_run
 
@@ -102,6 +119,8 @@ def _run(args: argparse.Namespace) -> int:
 
         generate(cfg.data.synthetic, args.out)
         return 0
+    if args.command == "features":
+        return _features(cfg)
     if args.command == "prepare":
         from mmdlrm.data.movielens import read_release
         from mmdlrm.data.prepare import prepare
@@ -120,4 +139,47 @@ def _run(args: argparse.Namespace) -> int:
             training.evaluate_run(cfg, args.run, env)
     finally:
         teardown()
+    return 0
+
+
+def _features(cfg) -> int:
+    """Encode every movie of the configured dataset (prepared first if needed) into the feature store."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from mmdlrm.data.prepare import ensure_prepared
+    from mmdlrm.distributed.env import pick_device
+    from mmdlrm.features.extract import ensure_features
+
+    prepared = ensure_prepared(cfg.data)
+    release = Path(json.loads((prepared / "manifest.json").read_text())["source"]["folder"])
+    movie_ids = pq.read_table(prepared / "movies.parquet", columns=["movie_id"])["movie_id"].to_pylist()
+    device = pick_device(cfg.features.device, 0)
+    store = ensure_features(cfg.features, cfg.data, release, movie_ids, device, cfg.train.progress)
+    log.info("feature store ready: %s", store)
+    return 0
+
+
+def _summaries(args: argparse.Namespace) -> int:
+    """Gather summaries from the given sources, the first source that has a movie winning."""
+    from mmdlrm.features import inputs
+
+    sources = []
+    if args.tmdb is not None:
+        if args.links is None:
+            raise ConfigError("--tmdb needs --links (MovieLens links.csv) to map TMDB ids to movieIds")
+        sources.append(("tmdb", inputs.tmdb_overviews(args.tmdb, args.links)))
+    if args.melu is not None:
+        sources.append(("melu", inputs.melu_plots(args.melu)))
+    if args.dbpedia is not None:
+        sources.append(("dbpedia", inputs.dbpedia_abstracts(args.dbpedia)))
+    if not sources:
+        raise ConfigError("give at least one of --tmdb (with --links), --melu, --dbpedia")
+    merged: dict[int, str] = {}
+    for _, texts in reversed(sources):
+        merged.update(texts)
+    inputs.write_summaries(merged, args.out)
+    counts = ", ".join(f"{name} {len(texts):,}" for name, texts in sources)
+    log.info("wrote %d summaries to %s (%s)", len(merged), args.out, counts)
     return 0

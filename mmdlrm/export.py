@@ -17,6 +17,8 @@ import torch
 from mmdlrm.config import RunConfig, from_dict, load_config, to_dict
 from mmdlrm.data.batches import DENSE_FEATURES, num_year_buckets
 from mmdlrm.distributed import checkpoint
+from mmdlrm.features.extract import store_path
+from mmdlrm.features.store import MovieVectors, load_vectors
 from mmdlrm.model.tables import Vocab
 from mmdlrm.model.task import RatingTask, build_task
 
@@ -55,7 +57,8 @@ def export_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     prepared = Path(json.loads(results_path.read_text())["prepared_dir"])
     manifest = json.loads((prepared / "manifest.json").read_text())
     vocab = vocab_of(cfg, manifest)
-    task = build_task(cfg.model, vocab, len(DENSE_FEATURES), device=torch.device("cpu"), sparse_device="cpu")
+    content = _content_of_run(cfg, prepared, manifest)
+    task = _task(cfg, vocab, content)
     meta = checkpoint.load_unsharded(task, run_dir / "checkpoints" / "best")
     movies = pq.read_table(prepared / "movies.parquet", columns=["movie_id", "title"])
     users = pq.read_table(prepared / "users.parquet", columns=["user_id"])
@@ -69,6 +72,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         "titles": movies["title"].to_pylist(),
         "meta": {"checkpoint": meta, "prepared_dir": str(prepared), "run_dir": str(run_dir)},
         "state_dict": task.state_dict(),
+        "content": {m: {"vectors": v.vectors, "missing": v.missing, "model": v.model} for m, v in content.items()},
     }
     out = Path(out) if out else run_dir / "model.pt"
     tmp = out.with_name(out.name + ".tmp")
@@ -84,8 +88,30 @@ def load_exported(path: str | Path) -> ExportedModel:
         raise ValueError(f"{path}: export format {payload.get('format_version')}, this mmdlrm reads {FORMAT_VERSION}")
     cfg = from_dict(payload["config"], source=str(path))
     vocab = Vocab(**payload["vocab"])
-    task = build_task(cfg.model, vocab, len(DENSE_FEATURES), device=torch.device("cpu"), sparse_device="cpu")
+    content = {m: MovieVectors(c["vectors"], c["missing"], c["model"]) for m, c in payload.get("content", {}).items()}
+    task = _task(cfg, vocab, content)
     task.load_state_dict(payload["state_dict"])
     task.eval()
     return ExportedModel(task, cfg, vocab, payload["genres"], payload["user_ids"], payload["movie_ids"],
                          payload["titles"], payload["meta"])  # fmt: skip
+
+
+def _task(cfg: RunConfig, vocab: Vocab, content: dict[str, MovieVectors]) -> RatingTask:
+    """The unsharded task module on the CPU, with its content vectors filled in."""
+    task = build_task(cfg.model, vocab, len(DENSE_FEATURES), device=torch.device("cpu"), sparse_device="cpu",
+                      content_dims={m: v.vectors.shape[1] for m, v in content.items()},
+                      projection_dim=cfg.features.projection_dim)  # fmt: skip
+    for modality, vectors in content.items():
+        task.model.content.set_vectors(modality, vectors.vectors, vectors.missing)
+    return task
+
+
+def _content_of_run(cfg: RunConfig, prepared: Path, manifest: dict) -> dict[str, MovieVectors]:
+    """The content vectors the run trained with, from its feature store (they are not in checkpoints)."""
+    modalities = [m for m, used in (("image", cfg.features.uses_image), ("text", cfg.features.uses_text)) if used]
+    if not modalities:
+        return {}
+    release = Path(manifest["source"]["folder"])
+    store = store_path(cfg.features, cfg.data, release)
+    movie_ids = pq.read_table(prepared / "movies.parquet", columns=["movie_id"])["movie_id"].to_numpy()
+    return {m: load_vectors(store, movie_ids, m) for m in modalities}

@@ -1,0 +1,36 @@
+"""The content arch: per-movie projections computed once per distinct movie, stand-ins for missing inputs."""
+
+from __future__ import annotations
+
+import torch
+
+from mmdlrm.model.content import MovieContent
+
+
+def test_projection_runs_once_per_distinct_movie_and_matches_per_row():
+    torch.manual_seed(0)
+    content = MovieContent({"text": 6, "image": 4}, num_movies=10, projection_dim=3)
+    vectors = {"text": torch.randn(10, 6).half(), "image": torch.randn(10, 4).half()}
+    missing = {"text": torch.zeros(10, dtype=torch.bool), "image": torch.arange(10) == 7}
+    for m in vectors:
+        content.set_vectors(m, vectors[m], missing[m])
+    seen = []
+    content.projections["text"].register_forward_hook(lambda mod, inputs, out: seen.append(inputs[0].shape[0]))
+    movies = torch.tensor([3, 7, 3, 3, 1, 7])
+    out = content(movies)
+    assert seen == [3] and out.shape == (6, 6)  # 3 distinct movies projected, 6 rows out
+    image_part, text_part = out[:, :3], out[:, 3:]  # modalities in sorted order: image, text
+    expected_text = content.projections["text"](vectors["text"][movies].float())
+    torch.testing.assert_close(text_part, expected_text)
+    expected_image = content.projections["image"](vectors["image"][movies].float())
+    stand_in = content.stand_ins["image"].expand(6, 3)
+    rows = (movies == 7).unsqueeze(1)
+    torch.testing.assert_close(image_part, torch.where(rows, stand_in, expected_image))
+
+
+def test_stand_in_is_learnt_and_buffers_stay_out_of_the_state_dict():
+    content = MovieContent({"text": 4}, num_movies=5, projection_dim=2)
+    content.set_vectors("text", torch.ones(5, 4).half(), torch.tensor([True, False, False, False, False]))
+    content(torch.tensor([0, 1])).sum().backward()
+    assert content.stand_ins["text"].grad is not None and content.stand_ins["text"].grad.abs().sum() > 0
+    assert set(content.state_dict()) == {"projections.text.weight", "projections.text.bias", "stand_ins.text"}
