@@ -82,6 +82,8 @@ def _quiet_libraries(rank: int) -> None:
         warnings.filterwarnings("ignore", category=category, module=r"(torchrec|torch|fbgemm_gpu)(\.|$)")
     logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
     logging.getLogger("torchrec.distributed.utils").setLevel(logging.ERROR)  # "caching params will be ignored"
+    # TorchRec logs these through the root logger for every replicated (data_parallel) table: expected, not news.
+    logging.getLogger().addFilter(lambda record: not str(record.msg).startswith("Sharding spec not found"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -106,7 +106,7 @@ def extract(
         pending["movie_ids"] += movies
         pending["image"].append(image.numpy())
         pending["image_missing"] += (~ok).tolist()
-        pending["text"].append(text_encoder.encode_texts(texts).cpu().numpy())
+        pending["text"] += texts  # encoded a part at a time: the encoder can sort a whole part by length
         pending["text_missing"] += [False] * len(movies)
         pending["text_source"] += sources
         report.encoded += len(movies)
@@ -114,10 +114,10 @@ def extract(
         report.catalogue_texts += sources.count("catalogue")
         bar.update(len(movies))
         if len(pending["movie_ids"]) >= cfg.part_size:
-            _flush(store, header, pending)
+            _flush(store, header, pending, text_encoder, cfg.batch_size)
             pending = _empty()
     if pending["movie_ids"]:
-        _flush(store, header, pending)
+        _flush(store, header, pending, text_encoder, cfg.batch_size)
     bar.close()
     for problem in report.unreadable:
         log.warning("unreadable poster, stored as missing: %s", problem)
@@ -141,10 +141,12 @@ def _empty() -> dict[str, list]:
     return {"movie_ids": [], "image": [], "image_missing": [], "text": [], "text_missing": [], "text_source": []}
 
 
-def _flush(store: Path, header: StoreHeader, pending: dict[str, list]) -> None:
+def _flush(store: Path, header: StoreHeader, pending: dict[str, list], text_encoder: TextEncoder, batch_size: int) -> None:
     rows = dict(pending)
     rows["image"] = np.concatenate(pending["image"])
-    rows["text"] = np.concatenate(pending["text"])
+    texts = pending["text"]
+    rows["text"] = np.concatenate([text_encoder.encode_texts(texts[i : i + 4 * batch_size]).cpu().numpy()
+                                   for i in range(0, len(texts), 4 * batch_size)])  # fmt: skip
     write_part(store, header, rows)
 
 
