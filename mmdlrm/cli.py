@@ -1,4 +1,4 @@
-"""Command line: synth | prepare | train | evaluate | export. The only place that reads argv.
+"""Command line: synth | prepare | features | train | evaluate | export | inspect | recommend. The only argv reader.
 
 Every knob is a config field: `key=value` overrides after the options (e.g. `train.batch_size=1024`). The few
 options below are shorthands for the fields they name.
@@ -53,6 +53,24 @@ def _parser() -> argparse.ArgumentParser:
     texts.add_argument("--dbpedia", type=Path, help="JSON {movieId: abstract}")
     texts.add_argument("--out", type=Path, required=True, help="summaries CSV to write")
 
+    inspect = sub.add_parser("inspect", help="what a run learnt: genres, movies, ranking quality")
+    inspect_sub = inspect.add_subparsers(dest="inspect_command", required=True)
+    genres = inspect_sub.add_parser("genres", help="genre similarity heatmap, projection, nearest genres")
+    movies = inspect_sub.add_parser("movies", help="nearest movies to one movie, by learnt embedding")
+    movies.add_argument("--movie", type=int, required=True, help="MovieLens movieId")
+    movies.add_argument("-k", type=int, default=10)
+    ranking = inspect_sub.add_parser("ranking", help="Recall/NDCG/HitRate@10,20 on test users vs popularity")
+    ranking.add_argument("--users", type=int, default=500, help="test users sampled (full ranking for each)")
+    for command in (genres, movies, ranking):
+        command.add_argument("run", type=Path, help="run folder written by `mmdlrm train`")
+    recommend = sub.add_parser("recommend", help="a user's top-k unseen movies, or a movie's nearest movies")
+    recommend.add_argument("run", type=Path, help="run folder written by `mmdlrm train`")
+    who = recommend.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", type=int, help="MovieLens userId")
+    who.add_argument("--similar", type=int, metavar="MOVIE_ID", help="movies nearest to this movieId")
+    recommend.add_argument("-k", type=int, default=10)
+    recommend.add_argument("--popular-if-unknown", action="store_true", help="most-rated movies for an unknown user")
+
     export = sub.add_parser("export", help="write a run's best model as one plain file (<run>/model.pt)")
     export.add_argument("run", type=Path, help="run folder written by `mmdlrm train`")
     export.add_argument("--out", type=Path, help="file to write (default <run>/model.pt)")
@@ -96,14 +114,19 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return _run(args)
-    except (ConfigError, DataError, CheckpointError, FeatureError, FileNotFoundError) as err:
-        print(f"mmdlrm {args.command}: error: {err}", file=sys.stderr)
+    except (ConfigError, DataError, CheckpointError, FeatureError, FileNotFoundError, KeyError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"mmdlrm {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "features" and args.features_command == "summaries":
         return _summaries(args)
+    if args.command in ("inspect", "recommend"):
+        from mmdlrm.inspection.commands import run_inspect, run_recommend
+
+        return run_inspect(args) if args.command == "inspect" else run_recommend(args)
     if args.command == "export":
         from mmdlrm.export import export_run
 

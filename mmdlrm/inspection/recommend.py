@@ -1,0 +1,69 @@
+"""Recommendations from a trained run: a user's top-k unseen movies, or a movie's nearest neighbours."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mmdlrm.evaluation.ranking import score_movies, top_k
+from mmdlrm.inspection.run import Run
+
+
+class UnknownIdError(KeyError):
+    """A user or movie id the run never saw; the message says what to do."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass
+class Recommendation:
+    movie_id: int
+    title: str
+    genres: list[str]
+    score: float
+
+
+def recommend(run: Run, user_id: int, k: int = 10, popular_if_unknown: bool = False) -> tuple[list[Recommendation], bool]:
+    """The k best-scored movies `user_id` (raw MovieLens id) has not rated in training.
+
+    Returns:
+        (recommendations, fallback): fallback is True when the user is unknown and the most-rated movies were
+        returned instead (only with `popular_if_unknown`).
+
+    Raises:
+        UnknownIdError: the user is not in the run's data and `popular_if_unknown` is False.
+    """
+    data = run.data
+    position = np.searchsorted(data.users["user_id"], user_id)
+    known = position < data.num_users and data.users["user_id"][position] == user_id
+    popularity = torch.from_numpy(data.movies["train_count"].astype(np.float32))
+    if not known:
+        if not popular_if_unknown:
+            raise UnknownIdError(
+                f"user {user_id} is not in this run's data ({data.num_users:,} users, ids "
+                f"{data.users['user_id'][0]}..{data.users['user_id'][-1]}); pass --popular-if-unknown for the most-rated movies"
+            )
+        return _listing(run, popularity, np.empty(0, np.int64), k), True
+    seen = data.splits["train"]["movie"][data.splits["train"]["user"] == position]
+    scores = score_movies(run.model.task, run.builder, int(position), data.num_movies)
+    return _listing(run, scores, seen, k), False
+
+
+def _listing(run: Run, scores: torch.Tensor, seen: np.ndarray, k: int) -> list[Recommendation]:
+    data = run.data
+    offsets, values = data.movies["genre_offsets"], data.movies["genre_values"]
+    out = []
+    for i in top_k(scores, seen, k).tolist():
+        genres = [data.genres[g] for g in values[offsets[i] : offsets[i + 1]]]
+        out.append(Recommendation(int(data.movies["movie_id"][i]), data.titles[i], genres, float(scores[i])))
+    return out
+
+
+def format_recommendations(items: list[Recommendation], score_name: str = "score") -> str:
+    width = max([len(r.title) for r in items] + [5])
+    lines = [f"{'rank':>4}  {'movieId':>8}  {'title':<{width}}  {score_name:>6}  genres"]
+    lines += [f"{i:>4}  {r.movie_id:>8}  {r.title:<{width}}  {r.score:>6.3f}  {'|'.join(r.genres)}" for i, r in enumerate(items, 1)]
+    return "\n".join(lines)

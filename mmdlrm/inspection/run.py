@@ -1,0 +1,50 @@
+"""Opening a finished run for inspection: its exported model (made on first use), prepared data and batches."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmdlrm.data.batches import BatchBuilder
+from mmdlrm.data.prepare import Prepared, load_prepared
+from mmdlrm.export import ExportedModel, export_run, load_exported
+
+NEEDED = ("config.yaml", "results.json", "checkpoints/best/complete.json")
+
+
+@dataclass
+class Run:
+    folder: Path
+    model: ExportedModel
+    data: Prepared
+    builder: BatchBuilder
+    results: dict
+
+
+def open_run(folder: str | Path) -> Run:
+    """The run in `folder`, exporting its best checkpoint to model.pt if that is missing or older.
+
+    Raises:
+        FileNotFoundError: the folder lacks what a finished run has, or its prepared dataset is gone.
+    """
+    folder = Path(folder)
+    missing = [name for name in NEEDED if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{folder}: not a finished run ({', '.join(missing)} missing); train it with `mmdlrm train` "
+            "(a run stopped early resumes when started again)"
+        )
+    exported = folder / "model.pt"
+    best = folder / "checkpoints" / "best" / "complete.json"
+    if not exported.is_file() or exported.stat().st_mtime < best.stat().st_mtime:
+        export_run(folder)
+    model = load_exported(exported)
+    results = json.loads((folder / "results.json").read_text())
+    prepared = Path(results["prepared_dir"])
+    if not (prepared / "manifest.json").is_file():
+        raise FileNotFoundError(f"{folder}: its prepared dataset {prepared} is gone; prepare it again with the run's config")
+    data = load_prepared(prepared)
+    builder = BatchBuilder(data, model.config.model.year_bucket_years, model.config.model.task,
+                           model.config.model.liked_threshold)  # fmt: skip
+    return Run(folder, model, data, builder, results)

@@ -1,0 +1,88 @@
+"""Inspecting a trained synthetic run: learnt vs planted genre similarity, neighbours, recommendations, ranking."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mmdlrm.cli import main
+from mmdlrm.data.synthetic import PlantedTruth
+from mmdlrm.evaluation.ranking import ranking_metrics
+from mmdlrm.inspection.embeddings import GenreReport, cosine_similarity, genre_report, planted_correlation
+from mmdlrm.inspection.recommend import UnknownIdError, recommend
+from mmdlrm.inspection.run import open_run
+
+REPO = Path(__file__).resolve().parents[2]
+THRESHOLD = 0.5
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """A synthetic run big enough to learn the planted genre structure (about 15 s)."""
+    tmp = tmp_path_factory.mktemp("inspect")
+    args = ["train", "--config", str(REPO / "configs" / "debug.yaml"), f"output_dir={tmp / 'runs'}", f"data.cache_dir={tmp / 'data'}",
+            "data.synthetic.num_users=3000", "data.synthetic.num_movies=600", "data.synthetic.num_ratings=150000",
+            "data.synthetic.media=false", "model.embedding_dim=16", "train.batch_size=2048", "train.max_epochs=4"]  # fmt: skip
+    assert main(args) == 0
+    return tmp / "runs" / "debug"
+
+
+def test_learnt_genre_similarity_follows_the_planted_one(run, capsys):
+    assert main(["inspect", "genres", str(run)]) == 0
+    out = capsys.readouterr().out
+    correlation = json.loads((run / "genres.json").read_text())["planted_correlation"]
+    assert correlation > THRESHOLD and f"{correlation:.3f}" in out
+    for name in ("genre_similarity.png", "genre_projection.png"):
+        assert (run / "plots" / name).read_bytes()[:4] == b"\x89PNG"
+    # Random genre vectors cannot reach the threshold: the test could fail.
+    report = genre_report(open_run(run).model)
+    truth = PlantedTruth.load(Path(open_run(run).data.manifest["source"]["folder"]) / "truth.npz")
+    chance = []
+    for seed in range(20):
+        random = cosine_similarity(torch.randn(len(report.names), 16, generator=torch.Generator().manual_seed(seed)))
+        chance.append(planted_correlation(GenreReport(report.names, random, report.order, report.projection), truth))
+    assert max(chance) < THRESHOLD - 0.1
+
+
+def test_recommendations_skip_seen_movies_and_unknown_users_are_explained(run, capsys):
+    opened = open_run(run)
+    user_id = int(opened.data.users["user_id"][5])
+    items, fallback = recommend(opened, user_id, k=10)
+    assert len(items) == 10 and not fallback and items == sorted(items, key=lambda r: -r.score)
+    train = opened.data.splits["train"]
+    seen = set(opened.data.movies["movie_id"][train["movie"][train["user"] == 5]].tolist())
+    assert not seen & {r.movie_id for r in items}
+    with pytest.raises(UnknownIdError, match="user 99999999 is not in this run's data .*--popular-if-unknown"):
+        recommend(opened, 99_999_999)
+    assert main(["recommend", str(run), "--user", "99999999"]) == 2
+    assert main(["recommend", str(run), "--user", "99999999", "--popular-if-unknown", "-k", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "popularity fallback" in out
+    most = int(opened.data.movies["movie_id"][np.argmax(opened.data.movies["train_count"])])
+    assert f"{most:>8}" in out.splitlines()[2]  # the most-rated movie first
+    assert main(["recommend", str(run), "--similar", str(most), "-k", "5"]) == 0
+    assert main(["recommend", str(run), "--similar", "123456789"]) == 2
+
+
+def test_ranking_metrics_by_hand_and_on_the_run(run, capsys):
+    one = ranking_metrics([3, 5, 1], {1, 3}, k=2)
+    assert one == pytest.approx({"recall@2": 0.5, "ndcg@2": 1 / (1 + 1 / np.log2(3)), "hit_rate@2": 1.0})
+    assert main(["inspect", "ranking", str(run), "--users", "50"]) == 0
+    metrics = json.loads((run / "ranking.json").read_text())
+    for who in ("model", "popularity"):
+        assert metrics[who]["users"] == 50
+        assert all(0.0 <= metrics[who][m] <= 1.0 for m in ("recall@10", "ndcg@20", "hit_rate@20"))
+        assert metrics[who]["recall@20"] >= metrics[who]["recall@10"]
+    assert "DLRM" in capsys.readouterr().out
+
+
+def test_a_run_folder_with_missing_files_says_what_is_missing(run, tmp_path, capsys):
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.yaml").write_text((run / "config.yaml").read_text())
+    assert main(["inspect", "genres", str(tmp_path / "half")]) == 2
+    err = capsys.readouterr().err
+    assert "not a finished run (results.json, checkpoints/best/complete.json missing)" in err
