@@ -28,4 +28,9 @@ if "$venv/bin/python" -m pip show --quiet "$wrong" >/dev/null 2>&1; then
 fi
 pip_install -e ".[$variant,dev]"
 pip_install --no-deps "torchrec==$torchrec_version"
+# The report test renders HTML in headless Chromium: Debian's package, where we may install it (else it skips).
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  { apt-get install -y -qq chromium || { apt-get update -qq && apt-get install -y -qq chromium; }; } >/dev/null 2>&1 \
+    || echo "setup.sh: could not install chromium; the browser test will be skipped" >&2
+fi
 "$venv/bin/python" -c "import torchrec, fbgemm_gpu, torch; print(f'mmdlrm environment ready: torch {torch.__version__}, torchrec {torchrec.__version__ if hasattr(torchrec, \"__version__\") else \"$torchrec_version\"}, fbgemm ($variant)')"

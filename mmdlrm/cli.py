@@ -1,4 +1,6 @@
-"""Command line: synth | prepare | features | train | evaluate | export | inspect | recommend. The only argv reader.
+"""Command line: synth | prepare | features | train | evaluate | export | inspect | recommend | report.
+
+The only place that reads argv.
 
 Every knob is a config field: `key=value` overrides after the options (e.g. `train.batch_size=1024`). The few
 options below are shorthands for the fields they name.
@@ -71,6 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     recommend.add_argument("-k", type=int, default=10)
     recommend.add_argument("--popular-if-unknown", action="store_true", help="most-rated movies for an unknown user")
 
+    report = sub.add_parser("report", help="one self-contained HTML page for a run (<run>/report.html)")
+    report.add_argument("run", type=Path, help="run folder written by `mmdlrm train`")
+    report.add_argument("--out", type=Path, help="HTML file to write (default <run>/report.html)")
+
     export = sub.add_parser("export", help="write a run's best model as one plain file (<run>/model.pt)")
     export.add_argument("run", type=Path, help="run folder written by `mmdlrm train`")
     export.add_argument("--out", type=Path, help="file to write (default <run>/model.pt)")
@@ -123,6 +129,11 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.command == "features" and args.features_command == "summaries":
         return _summaries(args)
+    if args.command == "report":
+        from mmdlrm.inspection.report import write_report
+
+        log.info("wrote %s", write_report(args.run, args.out))
+        return 0
     if args.command in ("inspect", "recommend"):
         from mmdlrm.inspection.commands import run_inspect, run_recommend
 

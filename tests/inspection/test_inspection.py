@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +80,26 @@ def test_ranking_metrics_by_hand_and_on_the_run(run, capsys):
         assert all(0.0 <= metrics[who][m] <= 1.0 for m in ("recall@10", "ndcg@20", "hit_rate@20"))
         assert metrics[who]["recall@20"] >= metrics[who]["recall@10"]
     assert "DLRM" in capsys.readouterr().out
+
+
+PROBE = """<script>window.addEventListener("load", () => { const imgs = [...document.images];
+document.body.setAttribute("data-images", imgs.length + ":" + imgs.filter(i => i.complete && i.naturalWidth > 0).length); });
+</script>"""
+
+
+def test_report_is_one_self_contained_page_whose_images_load_in_chromium(run, tmp_path, capsys):
+    assert main(["report", str(run), "--out", str(tmp_path / "report.html")]) == 0
+    html = (tmp_path / "report.html").read_text()
+    assert "Cold-start movies" in html and "Spearman correlation of learnt vs planted" in html
+    assert 'src="http' not in html and 'src="/' not in html  # nothing fetched from elsewhere
+    assert html.count('src="data:image/png;base64,') == 4  # curves, predictions, genre heatmap and projection
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no Chromium here (setup.sh installs Debian's where it can)")
+    (tmp_path / "probe.html").write_text(html.replace("</body>", PROBE + "</body>"))
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
+                          "--dump-dom", (tmp_path / "probe.html").as_uri()], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert 'data-images="4:4"' in dom.stdout, dom.stderr[-2000:]
 
 
 def test_a_run_folder_with_missing_files_says_what_is_missing(run, tmp_path, capsys):

@@ -1,0 +1,118 @@
+"""One self-contained HTML page for a run: config, metrics against baselines, curves, predictions, genre
+embeddings, ranking and sample recommendations. Images are embedded as data URIs, so the file opens in any
+browser with no server and can be mailed or archived as it is.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+from pathlib import Path
+
+import jinja2
+import yaml
+
+from mmdlrm.inspection.commands import planted_truth
+from mmdlrm.inspection.embeddings import genre_report, plot_genres
+from mmdlrm.inspection.recommend import recommend
+from mmdlrm.inspection.run import Run, open_run
+
+TEMPLATE = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True).from_string("""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>mmdlrm run {{ name }}</title>
+<style>
+ body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+ table { border-collapse: collapse; margin: 0.5em 0 1.5em; } td, th { border: 1px solid #ccc; padding: 3px 9px; }
+ th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+ img { max-width: 100%; border: 1px solid #eee; } .row { display: flex; gap: 1em; flex-wrap: wrap; }
+ .row figure { flex: 1 1 480px; margin: 0; } pre { background: #f7f7f7; padding: 1em; overflow-x: auto; }
+</style></head><body>
+<h1>Run <code>{{ name }}</code></h1>
+<p>{{ folder }} &middot; report written {{ written }} &middot; best epoch {{ best_epoch }} of {{ epochs }}</p>
+{% for block in metric_blocks %}
+<h2>{{ block.title }}</h2>
+<table><tr><th>model</th>{% for n in block.names %}<th>{{ n | upper }}</th>{% endfor %}</tr>
+{% for label, values in block.rows %}<tr><td>{{ label }}</td>{% for n in block.names %}<td class="num">{{ "%.4f" | format(values[n]) }}</td>{% endfor %}</tr>
+{% endfor %}</table>
+{% endfor %}
+<h2>Training</h2>
+<div class="row">{% for title, uri in training_images %}<figure><img alt="{{ title }}" src="{{ uri }}"><figcaption>{{ title }}</figcaption></figure>{% endfor %}</div>
+<h2>Genre embeddings</h2>
+{% if planted is not none %}<p>Spearman correlation of learnt vs planted genre similarity: <b>{{ "%.3f" | format(planted) }}</b></p>{% endif %}
+<div class="row">{% for title, uri in genre_images %}<figure><img alt="{{ title }}" src="{{ uri }}"><figcaption>{{ title }}</figcaption></figure>{% endfor %}</div>
+<table><tr><th>genre</th><th>nearest genres (cosine)</th></tr>
+{% for name, near in nearest %}<tr><td>{{ name }}</td><td>{{ near }}</td></tr>{% endfor %}</table>
+{% if ranking %}
+<h2>Ranking ({{ ranking.model.users }} test users, full ranking)</h2>
+<table><tr><th></th>{% for n in ranking_names %}<th>{{ n }}</th>{% endfor %}</tr>
+{% for who in ["popularity", "model"] %}<tr><td>{{ "DLRM" if who == "model" else who }}</td>{% for n in ranking_names %}<td class="num">{{ "%.4f" | format(ranking[who][n]) }}</td>{% endfor %}</tr>{% endfor %}
+</table>
+{% endif %}
+<h2>Sample recommendations</h2>
+{% for user, items in recommendations %}
+<h3>user {{ user }}</h3>
+<table><tr><th>#</th><th>movieId</th><th>title</th><th>genres</th><th>score</th></tr>
+{% for r in items %}<tr><td>{{ loop.index }}</td><td>{{ r.movie_id }}</td><td>{{ r.title }}</td><td>{{ r.genres | join(", ") }}</td><td class="num">{{ "%.3f" | format(r.score) }}</td></tr>{% endfor %}
+</table>
+{% endfor %}
+<h2>Config</h2>
+<pre>{{ config }}</pre>
+</body></html>
+""")
+
+
+def data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def write_report(folder: str | Path, out: str | Path | None = None, sample_users: int = 3) -> Path:
+    """Write `<run>/report.html` (or `out`); genre plots are made if the run has none yet."""
+    run = open_run(folder)
+    genres = genre_report(run.model, planted_truth(run))
+    heatmap, projection = plot_genres(genres, run.folder / "plots")
+    task = run.model.config.model.task
+    ranking_path = run.folder / "ranking.json"
+    ranking = json.loads(ranking_path.read_text()) if ranking_path.is_file() else None
+    page = TEMPLATE.render(
+        name=run.model.config.name,
+        folder=str(run.folder),
+        written=datetime.datetime.now().isoformat(timespec="seconds"),
+        best_epoch=run.results["best_epoch"],
+        epochs=len(run.results["epochs"]),
+        metric_blocks=_metric_blocks(run, task),
+        training_images=[(t, data_uri(run.folder / "plots" / f)) for t, f in
+                         (("Training loss and validation metric", "curves.png"), ("Predictions against true ratings", "predictions.png"))
+                         if (run.folder / "plots" / f).is_file()],  # fmt: skip
+        genre_images=[("Learnt genre similarity, clustered", data_uri(heatmap)), ("Genre projection (PCA)", data_uri(projection))],
+        planted=genres.planted_correlation,
+        nearest=[(n, ", ".join(f"{m} {s:.2f}" for m, s in genres.nearest(n))) for n in genres.names],
+        ranking=ranking,
+        ranking_names=[n for n in (ranking or {}).get("model", {}) if n != "users"],
+        recommendations=_samples(run, sample_users),
+        config=yaml.safe_dump(_config(run), sort_keys=False),
+    )
+    out = Path(out) if out else run.folder / "report.html"
+    out.write_text(page, encoding="utf-8")
+    return out
+
+
+def _metric_blocks(run: Run, task: str) -> list[dict]:
+    names = ["rmse", "mae", "mse"] if task == "rating" else ["auc", "log_loss", "accuracy", "rmse"]
+    test, baselines = run.results["test"], run.results["baselines"]
+    blocks = [{"title": "Test metrics", "names": names, "rows": [
+        ("global mean", baselines["global_mean"]["test"]), ("user+movie bias", baselines["bias"]["test"]), ("DLRM", test)]}]  # fmt: skip
+    if "cold_start" in test:
+        blocks.append({"title": "Cold-start movies (few training ratings)", "names": names, "rows": [
+            ("global mean", baselines["global_mean"]["test_cold_start"]),
+            ("user+movie bias", baselines["bias"]["test_cold_start"]), ("DLRM", test["cold_start"])]})  # fmt: skip
+    return blocks
+
+
+def _samples(run: Run, count: int) -> list[tuple[int, list]]:
+    users = run.data.users["user_id"]
+    picks = users[:: max(1, len(users) // count)][:count]
+    return [(int(u), recommend(run, int(u), k=10)[0]) for u in picks]
+
+
+def _config(run: Run) -> dict:
+    return yaml.safe_load((run.folder / "config.yaml").read_text())
