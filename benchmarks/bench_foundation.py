@@ -24,9 +24,9 @@ import numpy as np
 import pyarrow.csv as pacsv
 import torch
 from torch import nn
-from torchrec.models.dlrm import DenseArch, InteractionArch, OverArch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.baselines import PlainDLRM  # noqa: E402
 from benchmarks.common import print_table, timed, write_json  # noqa: E402
 from mmdlrm.config import SyntheticConfig, load_config  # noqa: E402
 from mmdlrm.data.batches import DENSE_FEATURES, SPARSE_FEATURES, BatchBuilder, SplitRows  # noqa: E402
@@ -83,26 +83,6 @@ def bench_batches(data, batch_size: int, steps: int, loop_rows: int) -> dict:
     rate, loop_rate = steps * batch_size / seconds, len(sample) / loop_s
     return {"stage": "batch building", "rows": steps * batch_size, "seconds": seconds, "rows_per_s": rate,
             "baseline": "per-row Python loop", "baseline_rows_per_s": loop_rate, "ratio": rate / loop_rate}  # fmt: skip
-
-
-class PlainDLRM(nn.Module):
-    """The same DLRM in plain PyTorch: sparse-gradient `nn.EmbeddingBag`s instead of TorchRec tables."""
-
-    def __init__(self, sizes: dict[str, int], dim: int, dense_arch: list[int], over_arch: list[int]) -> None:
-        super().__init__()
-        self.tables = nn.ModuleDict({
-            feature: nn.EmbeddingBag(rows, dim, mode="mean" if feature == "genre" else "sum", sparse=True)
-            for feature, rows in sizes.items()
-        })  # fmt: skip
-        self.dense_arch = DenseArch(len(DENSE_FEATURES), [*dense_arch, dim])
-        self.interaction = InteractionArch(num_sparse_features=len(sizes))
-        inputs = dim + len(sizes) * (len(sizes) + 1) // 2  # D + F + (F choose 2)
-        self.over_arch = OverArch(inputs, [*over_arch, 1])
-
-    def forward(self, dense, sparse) -> torch.Tensor:
-        jagged = sparse.to_dict()
-        pooled = [self.tables[f](jagged[f].values(), jagged[f].offsets()[:-1]) for f in self.tables]
-        return self.over_arch(self.interaction(self.dense_arch(dense), torch.stack(pooled, dim=1))).squeeze(-1)
 
 
 def bench_training(data, config: str, steps: int, warmup: int) -> dict:

@@ -92,11 +92,14 @@ def build_loaders(cfg: RunConfig, data: Prepared, env: DistEnv) -> dict[str, Bat
     return loaders
 
 
-def build_model(cfg: RunConfig, data: Prepared, env: DistEnv) -> Sharded:
-    """The task module sharded by DistributedModelParallel, its combined optimiser and the sharding plan."""
+def build_model(cfg: RunConfig, data: Prepared, env: DistEnv, content: dict[str, MovieVectors] | None = None) -> Sharded:
+    """The task module sharded by DistributedModelParallel, its combined optimiser and the sharding plan.
+
+    `content` (modality -> vectors) overrides the feature store the config names (benchmarks use random ones).
+    """
     torch.manual_seed(cfg.train.seed)
     vocab = Vocab(data.num_users, data.num_movies, len(data.genres), num_year_buckets(cfg.model.year_bucket_years))
-    content = load_content(cfg, data, env)
+    content = load_content(cfg, data, env) if content is None else content
     task = build_task(cfg.model, vocab, len(DENSE_FEATURES), device=env.device, projection_dim=cfg.features.projection_dim,
                       content_dims={m: v.vectors.shape[1] for m, v in content.items()})  # fmt: skip
     for modality, vectors in content.items():

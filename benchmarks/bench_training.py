@@ -1,0 +1,158 @@
+"""Training and inference throughput of mmdlrm against what a user would otherwise write, with a breakdown.
+
+For a model size (configs/debug.yaml or configs/ml25m.yaml) on a prepared dataset, one process:
+- mmdlrm (DistributedModelParallel, FBGEMM fused row-wise Adagrad), ids only and with CLIP-sized content
+  vectors (512-d image + 384-d text, random: the cost does not depend on their values): samples/s (median of
+  repeats) and the step split into input (batch building), forward, backward (with the fused sparse update)
+  and optimiser (dense Adam);
+- baseline (b): the same DLRM in plain PyTorch (`nn.EmbeddingBag` + SparseAdam) on the same batches;
+- baseline (a): the reference notebook's pandas-row Dataset + DataLoader + `nn.Embedding` MLP, input included;
+- inference: scored (user, movie) pairs/s, and the time to rank all movies for one user and take the top 10;
+- memory bandwidth: a large tensor copy on this machine, and the embedding bytes training reads per second as a
+  fraction of it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from benchmarks.baselines import NotebookModel, PlainDLRM, notebook_loader, notebook_step, plain_step
+from mmdlrm.config import load_config
+from mmdlrm.data.batches import BatchBuilder, BatchLoader, SplitRows, num_year_buckets
+from mmdlrm.distributed.env import init_distributed, teardown
+from mmdlrm.evaluation.ranking import score_movies, top_k
+from mmdlrm.features.store import MovieVectors
+from mmdlrm.train import build_model
+
+CLIP_DIMS = {"image": 512, "text": 384}
+
+
+def _content(num_movies: int) -> dict[str, MovieVectors]:
+    generator = torch.Generator().manual_seed(0)
+    return {m: MovieVectors(torch.nn.functional.normalize(torch.randn(num_movies, d, generator=generator), dim=1).half(),
+                            torch.zeros(num_movies, dtype=torch.bool), "random") for m, d in CLIP_DIMS.items()}  # fmt: skip
+
+
+def _batches(data, builder: BatchBuilder, batch_size: int, count: int) -> tuple[list, float]:
+    """`count` random training batches, and the median seconds to build one (the input cost of a step)."""
+    rows = SplitRows.from_prepared(data, "train")
+    generator = torch.Generator().manual_seed(0)
+    batches, seconds = [], []
+    for _ in range(count):
+        index = torch.randint(len(rows), (batch_size,), generator=generator)
+        start = time.perf_counter()
+        batches.append(builder.build(rows, index, leave_one_out=True))
+        seconds.append(time.perf_counter() - start)
+    return batches, statistics.median(seconds)
+
+
+def _timed_steps(step, batches: list, steps: int, repeats: int) -> list[float]:
+    """Seconds for `steps` steps, `repeats` times (after a warm-up)."""
+    for batch in batches[:3]:
+        step(batch)
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for i in range(steps):
+            step(batches[i % len(batches)])
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def bench_mmdlrm(config: str, data, steps: int, repeats: int, clip: bool) -> dict:
+    cfg = load_config(config, ["train.device=cpu"])
+    env = init_distributed("cpu")
+    try:
+        sharded = build_model(cfg, data, env, content=_content(data.num_movies) if clip else {})
+        model, optimizer = sharded.model, sharded.optimizer
+        builder = BatchBuilder(data, cfg.model.year_bucket_years)
+        batches, input_s = _batches(data, builder, cfg.train.batch_size, min(steps, 30))
+        parts = {"forward": [], "backward": [], "optimizer": []}
+
+        def step(batch) -> None:
+            t0 = time.perf_counter()
+            loss, _ = model(batch)
+            t1 = time.perf_counter()
+            optimizer.zero_grad()
+            loss.backward()
+            t2 = time.perf_counter()
+            optimizer.step()
+            t3 = time.perf_counter()
+            for name, seconds in zip(parts, (t1 - t0, t2 - t1, t3 - t2)):
+                parts[name].append(seconds)
+
+        runs = _timed_steps(step, batches, steps, repeats)
+        rate = statistics.median(cfg.train.batch_size * steps / s for s in runs)
+        breakdown = {"input": input_s} | {name: statistics.median(values) for name, values in parts.items()}
+        inference = bench_inference(model, builder, data, cfg.eval.batch_size) if not clip else {}
+        rows_per_sample = 3 + float(np.diff(data.movies["genre_offsets"])[data.splits["train"]["movie"]].mean())
+    finally:
+        teardown()
+    return {"name": "mmdlrm (DMP, fused row-wise Adagrad)" + (" + CLIP vectors" if clip else ""), "samples_per_s": rate,
+            "step_ms": {k: 1000 * v for k, v in breakdown.items()}, "inference": inference,
+            "lookup_bytes_per_sample": rows_per_sample * cfg.model.embedding_dim * 4,
+            "batch_size": cfg.train.batch_size, "embedding_dim": cfg.model.embedding_dim}  # fmt: skip
+
+
+def bench_plain(config: str, data, steps: int, repeats: int) -> dict:
+    cfg = load_config(config)
+    torch.manual_seed(0)
+    builder = BatchBuilder(data, cfg.model.year_bucket_years)
+    sizes = {"user": data.num_users, "movie": data.num_movies, "genre": max(len(data.genres), 1),
+             "year": num_year_buckets(cfg.model.year_bucket_years)}  # fmt: skip
+    model = PlainDLRM(sizes, cfg.model.embedding_dim, cfg.model.dense_arch, cfg.model.over_arch)
+    optimizers = model.optimizers(1e-3, cfg.train.dense_lr)
+    batches, _ = _batches(data, builder, cfg.train.batch_size, min(steps, 30))
+    runs = _timed_steps(lambda b: plain_step(model, optimizers, b), batches, steps, repeats)
+    return {"name": "(b) plain PyTorch DLRM (EmbeddingBag + SparseAdam)",
+            "samples_per_s": statistics.median(cfg.train.batch_size * steps / s for s in runs)}  # fmt: skip
+
+
+def bench_notebook(config: str, data, rows: int) -> dict:
+    cfg = load_config(config)
+    torch.manual_seed(0)
+    loader = notebook_loader(data, min(rows, len(data.splits["train"]["rating"])), cfg.train.batch_size)
+    model = NotebookModel(data.num_users, data.num_movies, max(len(data.genres), 1), cfg.model.embedding_dim, cfg.model.over_arch)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    start, seen = time.perf_counter(), 0
+    for batch in loader:  # input included: that is where this approach spends its time
+        notebook_step(model, optimizer, batch)
+        seen += len(batch["rating"])
+    return {"name": "(a) reference notebook (pandas rows + DataLoader + nn.Embedding MLP)",
+            "samples_per_s": seen / (time.perf_counter() - start)}  # fmt: skip
+
+
+@torch.no_grad()
+def bench_inference(model, builder: BatchBuilder, data, batch_size: int, users: int = 5) -> dict:
+    model.eval()
+    rows = SplitRows.from_prepared(data, "test")
+    loader = BatchLoader(builder, rows, batch_size, shuffle=False)
+    start, seen = time.perf_counter(), 0
+    for batch in loader:
+        model(batch)
+        seen += len(batch.labels)
+    pairs_per_s = seen / (time.perf_counter() - start)
+    latencies = []
+    for user in range(users):
+        start = time.perf_counter()
+        top_k(score_movies(model, builder, user, data.num_movies), np.empty(0, np.int64), 10)
+        latencies.append(time.perf_counter() - start)
+    model.train()
+    return {"pairs_per_s": pairs_per_s, "top10_ms": 1000 * statistics.median(latencies), "movies": data.num_movies}
+
+
+def copy_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
+    """Bytes/s of a large tensor copy (read + write), the memory-bandwidth reference."""
+    source = torch.ones(megabytes * 2**20 // 4)
+    target = torch.empty_like(source)
+    target.copy_(source)
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        target.copy_(source)
+        seconds.append(time.perf_counter() - start)
+    return 2 * source.numel() * 4 / statistics.median(seconds)
