@@ -3,7 +3,7 @@
 (a) The reference notebook's approach: a pandas DataFrame of ratings, a `Dataset` returning one row at a time
     (`df.iloc[i]`), PyTorch's default `DataLoader` collation, and `nn.Embedding` tables + an MLP.
 (b) The same DLRM as mmdlrm's in plain PyTorch: `nn.EmbeddingBag(sparse=True)` tables fed by our batches,
-    SparseAdam for the tables and Adam for the rest, TorchRec's dense / interaction / over arches.
+    SparseAdam for the tables and (fused) Adam for the rest, as mmdlrm's dense optimiser, TorchRec's dense / interaction / over arches.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class PlainDLRM(nn.Module):
 
     def optimizers(self, sparse_lr: float, dense_lr: float) -> list[torch.optim.Optimizer]:
         dense = [p for n, p in self.named_parameters() if not n.startswith("tables.")]
-        return [torch.optim.SparseAdam(list(self.tables.parameters()), lr=sparse_lr), torch.optim.Adam(dense, lr=dense_lr)]
+        return [torch.optim.SparseAdam(list(self.tables.parameters()), lr=sparse_lr), torch.optim.Adam(dense, lr=dense_lr, fused=True)]
 
 
 def plain_step(model: PlainDLRM, optimizers: list[torch.optim.Optimizer], batch) -> None:

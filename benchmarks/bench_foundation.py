@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.baselines import PlainDLRM  # noqa: E402
 from benchmarks.common import print_table, timed, write_json  # noqa: E402
 from mmdlrm.config import SyntheticConfig, load_config  # noqa: E402
-from mmdlrm.data.batches import DENSE_FEATURES, SPARSE_FEATURES, BatchBuilder, SplitRows  # noqa: E402
+from mmdlrm.data.batches import SPARSE_FEATURES, BatchBuilder, SplitRows  # noqa: E402
 from mmdlrm.data.movielens import read_release  # noqa: E402
 from mmdlrm.data.prepare import load_prepared, prepare  # noqa: E402
 from mmdlrm.data.synthetic import generate  # noqa: E402
