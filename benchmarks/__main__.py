@@ -18,7 +18,6 @@ from benchmarks.common import print_table, write_json
 from mmdlrm.config import DataConfig, SyntheticConfig
 from mmdlrm.data.prepare import ensure_prepared, load_prepared
 from mmdlrm.data.synthetic import generate
-from mmdlrm.distributed.sharding import CPU_SHARDING_TYPES
 
 FULL = {"ratings": 25_000_000, "users": 162_000, "movies": 62_000, "steps": 40, "repeats": 3, "notebook_rows": 100_000,
         "configs": ["configs/debug.yaml", "configs/ml25m.yaml"], "sharding_steps": 40}  # fmt: skip
@@ -51,18 +50,19 @@ def main() -> None:
     for config in size["configs"]:
         ids = bench_training.bench_mmdlrm(config, data, size["steps"], size["repeats"], clip=False)
         clip = bench_training.bench_mmdlrm(config, data, size["steps"], size["repeats"], clip=True)
+        sgd = bench_training.bench_mmdlrm(config, data, size["steps"], size["repeats"], clip=False, sparse_optimizer="sgd")
         plain = bench_training.bench_plain(config, data, size["steps"], size["repeats"])
         notebook = bench_training.bench_notebook(config, data, size["notebook_rows"])
-        for row in (ids, clip, plain, notebook):
+        for row in (ids, clip, sgd, plain, notebook):
             row.update(config=config, vs_b=row["samples_per_s"] / plain["samples_per_s"],
                        vs_a=row["samples_per_s"] / notebook["samples_per_s"])  # fmt: skip
             training.append(row)
 
-    # Processes and sharding types (configs/ml25m.yaml model, or debug in quick mode).
+    # Processes and sharding types (configs/ml25m.yaml model, or debug in quick mode); row-wise ones with CUDA.
     settings = [{"name": "1 process", "world": 1, "plan": None, "pipeline": False},
                 {"name": "2 processes", "world": 2, "plan": None, "pipeline": False}]  # fmt: skip
     if not args.quick:
-        settings += [{"name": f"2 processes, {t}", "world": 2, "plan": t, "pipeline": False} for t in CPU_SHARDING_TYPES]
+        settings += [{"name": f"2 processes, {t}", "world": 2, "plan": t, "pipeline": False} for t in bench_sharding.sharding_types()]
     scaling = []
     for setting in settings:
         ranks = bench_sharding.measure(setting, str(prepared), size["configs"][-1], size["sharding_steps"])

@@ -35,7 +35,7 @@ from mmdlrm.config import DataConfig, SyntheticConfig, load_config  # noqa: E402
 from mmdlrm.data.batches import BatchBuilder, SplitRows  # noqa: E402
 from mmdlrm.data.prepare import ensure_prepared, load_prepared  # noqa: E402
 from mmdlrm.distributed.env import init_distributed, teardown  # noqa: E402
-from mmdlrm.distributed.sharding import CPU_SHARDING_TYPES, EMBEDDING_PARAM  # noqa: E402
+from mmdlrm.distributed.sharding import EMBEDDING_PARAM, supported_sharding_types  # noqa: E402
 from mmdlrm.train import build_model, training_steps  # noqa: E402
 
 MiB = 2**20
@@ -60,9 +60,9 @@ def _table_bytes(model, optimizer) -> int:
 def worker(rank: int, world_size: int, store: str, setting: dict, prepared: str, config: str, steps: int, out: str) -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // world_size))
     logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
-    env = init_distributed("cpu", rank=rank, world_size=world_size, store_path=store)
+    env = init_distributed("auto", rank=rank, world_size=world_size, store_path=store)
     try:
-        overrides = ["train.device=cpu"] + ([f"sharding.plan={setting['plan']}"] if setting["plan"] else [])
+        overrides = [f"train.device={env.device.type}"] + ([f"sharding.plan={setting['plan']}"] if setting["plan"] else [])
         cfg = load_config(config, overrides)
         data = load_prepared(prepared)
         sharded = build_model(cfg, data, env)
@@ -104,6 +104,11 @@ def _spawn_worker(rank: int, world_size: int, store: str, *args) -> None:
     worker(rank, world_size, store, *args)
 
 
+def sharding_types() -> tuple[str, ...]:
+    """Every sharding type this machine can run: the CPU ones, plus row-wise ones with CUDA (NCCL)."""
+    return supported_sharding_types(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def measure(setting: dict, prepared: str, config: str, steps: int) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         args = (setting["world"], str(Path(tmp) / "store"), setting, prepared, config, steps, tmp)
@@ -127,7 +132,7 @@ def main() -> None:
     prepared = str(ensure_prepared(DataConfig(cache_dir=args.cache_dir, synthetic=synthetic)))
     settings = [{"name": "1 process, planner's plan", "world": 1, "plan": None, "pipeline": False},
                 {"name": "2 processes, planner's plan", "world": 2, "plan": None, "pipeline": False}]  # fmt: skip
-    settings += [{"name": f"2 processes, {t}", "world": 2, "plan": t, "pipeline": False} for t in CPU_SHARDING_TYPES]
+    settings += [{"name": f"2 processes, {t}", "world": 2, "plan": t, "pipeline": False} for t in sharding_types()]
     settings.append({"name": "2 processes, planner's plan, TrainPipelineSparseDist", "world": 2, "plan": None, "pipeline": True})
 
     results, rows = [], []

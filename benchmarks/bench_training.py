@@ -1,7 +1,8 @@
 """Training and inference throughput of mmdlrm against what a user would otherwise write, with a breakdown.
 
 For a model size (configs/debug.yaml or configs/ml25m.yaml) on a prepared dataset, one process:
-- mmdlrm (DistributedModelParallel, FBGEMM fused row-wise Adagrad), ids only and with CLIP-sized content
+- mmdlrm (DistributedModelParallel, FBGEMM fused row-wise Adagrad; also fused SGD, to isolate the cost of
+  FBGEMM's CPU row-wise Adagrad kernel), ids only and with CLIP-sized content
   vectors (512-d image + 384-d text, random: the cost does not depend on their values): samples/s (median of
   repeats) and the step split into input (batch building), forward, backward (with the fused sparse update)
   and optimiser (dense Adam);
@@ -63,8 +64,8 @@ def _timed_steps(step, batches: list, steps: int, repeats: int) -> list[float]:
     return out
 
 
-def bench_mmdlrm(config: str, data, steps: int, repeats: int, clip: bool) -> dict:
-    cfg = load_config(config, ["train.device=cpu"])
+def bench_mmdlrm(config: str, data, steps: int, repeats: int, clip: bool, sparse_optimizer: str = "rowwise_adagrad") -> dict:
+    cfg = load_config(config, ["train.device=cpu", f"sharding.sparse_optimizer={sparse_optimizer}"])
     env = init_distributed("cpu")
     try:
         sharded = build_model(cfg, data, env, content=_content(data.num_movies) if clip else {})
@@ -88,11 +89,12 @@ def bench_mmdlrm(config: str, data, steps: int, repeats: int, clip: bool) -> dic
         runs = _timed_steps(step, batches, steps, repeats)
         rate = statistics.median(cfg.train.batch_size * steps / s for s in runs)
         breakdown = {"input": input_s} | {name: statistics.median(values) for name, values in parts.items()}
-        inference = bench_inference(model, builder, data, cfg.eval.batch_size) if not clip else {}
+        inference = bench_inference(model, builder, data, cfg.eval.batch_size) if not clip and sparse_optimizer == "rowwise_adagrad" else {}
         rows_per_sample = 3 + float(np.diff(data.movies["genre_offsets"])[data.splits["train"]["movie"]].mean())
     finally:
         teardown()
-    return {"name": "mmdlrm (DMP, fused row-wise Adagrad)" + (" + CLIP vectors" if clip else ""), "samples_per_s": rate,
+    optimizer_name = {"rowwise_adagrad": "row-wise Adagrad", "adagrad": "Adagrad", "sgd": "SGD"}[sparse_optimizer]
+    return {"name": f"mmdlrm (DMP, fused {optimizer_name})" + (" + CLIP vectors" if clip else ""), "samples_per_s": rate,
             "step_ms": {k: 1000 * v for k, v in breakdown.items()}, "inference": inference,
             "lookup_bytes_per_sample": rows_per_sample * cfg.model.embedding_dim * 4,
             "batch_size": cfg.train.batch_size, "embedding_dim": cfg.model.embedding_dim}  # fmt: skip
