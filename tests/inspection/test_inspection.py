@@ -67,7 +67,11 @@ def test_recommendations_skip_seen_movies_and_unknown_users_are_explained(run, c
     most = int(opened.data.movies["movie_id"][np.argmax(opened.data.movies["train_count"])])
     assert f"{most:>8}" in out.splitlines()[2]  # the most-rated movie first
     assert main(["recommend", str(run), "--similar", str(most), "-k", "5"]) == 0
-    assert main(["recommend", str(run), "--similar", "123456789"]) == 2
+    assert main(["inspect", "movies", str(run), "--movie", str(most), "-k", "5"]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert listing[0].startswith(f"nearest to {most} ") and len(listing) == 2 * (1 + 1 + 5)  # two listings of 5
+    assert main(["inspect", "movies", str(run), "--movie", "123456789"]) == 2
+    assert "movie 123456789 is not in this model's catalogue" in capsys.readouterr().err
 
 
 def test_ranking_metrics_by_hand_and_on_the_run(run, capsys):
