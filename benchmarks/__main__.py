@@ -58,17 +58,23 @@ def main() -> None:
                        vs_a=row["samples_per_s"] / notebook["samples_per_s"])  # fmt: skip
             training.append(row)
 
-    # Processes and sharding types (configs/ml25m.yaml model, or debug in quick mode); row-wise ones with CUDA.
-    settings = [{"name": "1 process", "world": 1, "plan": None, "pipeline": False},
-                {"name": "2 processes", "world": 2, "plan": None, "pipeline": False}]  # fmt: skip
-    if not args.quick:
-        settings += [{"name": f"2 processes, {t}", "world": 2, "plan": t, "pipeline": False} for t in bench_sharding.sharding_types()]
+    # Processes and sharding types, per model size, ids only and with CLIP vectors; row-wise types with CUDA.
     scaling = []
-    for setting in settings:
-        ranks = bench_sharding.measure(setting, str(prepared), size["configs"][-1], size["sharding_steps"])
-        scaling.append({**setting, "samples_per_s": min(r["samples_per_s"] for r in ranks), "ranks": ranks})
-    for row in scaling:
-        row["vs_1_process"] = row["samples_per_s"] / scaling[0]["samples_per_s"]
+    for config in size["configs"]:
+        for clip in (False, True):
+            settings = [{"name": "1 process", "world": 1}, {"name": "2 processes", "world": 2}]
+            if not args.quick and not clip and config == size["configs"][-1]:
+                settings += [{"name": f"2 processes, {t}", "world": 2, "plan": t} for t in bench_sharding.sharding_types()]
+            rows = []
+            for setting in settings:
+                setting = {"plan": None, "pipeline": False, "clip": clip, "config": config} | setting
+                ranks = bench_sharding.measure(setting, str(prepared), config, size["sharding_steps"])
+                rows.append({**setting, "samples_per_s": min(r["samples_per_s"] for r in ranks), "ranks": ranks,
+                             "step_ms": max(r["step_ms"] for r in ranks),
+                             "communication_ms": max(r["communication_ms"] for r in ranks)})  # fmt: skip
+            for row in rows:
+                row["vs_1_process"] = row["samples_per_s"] / rows[0]["samples_per_s"]
+            scaling += rows
 
     bandwidth = bench_training.copy_bandwidth(128 if args.quick else 512)
     for row in training:
@@ -89,8 +95,8 @@ def main() -> None:
     print(f"\nmemory bandwidth (copy, read + write): {bandwidth / 1e9:.2f} GB/s; embedding rows read by training:")
     print_table([r for r in training if "lookup_bytes_per_s" in r], ["config", "name", "lookup_bytes_per_s",
                                                                     "lookup_fraction_of_copy_bandwidth"])  # fmt: skip
-    print(f"\nprocesses and sharding types ({size['configs'][-1]})")
-    print_table(scaling, ["name", "samples_per_s", "vs_1_process"])
+    print("\nprocesses and sharding types (communication: time in collectives and waits on them, slowest rank)")
+    print_table(scaling, ["config", "clip", "name", "samples_per_s", "vs_1_process", "step_ms", "communication_ms"])
     name = "suite-quick" if args.quick else "suite"
     path = write_json(name, {"mode": "quick" if args.quick else "full", "size": size, "data": data_rows,
                              "training": training, "scaling": scaling, "copy_bandwidth_bytes_per_s": bandwidth}, args.out)  # fmt: skip

@@ -30,6 +30,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.bench_training import random_content  # noqa: E402
 from benchmarks.common import print_table, write_json  # noqa: E402
 from mmdlrm.config import DataConfig, SyntheticConfig, load_config  # noqa: E402
 from mmdlrm.data.batches import BatchBuilder, SplitRows  # noqa: E402
@@ -65,7 +66,8 @@ def worker(rank: int, world_size: int, store: str, setting: dict, prepared: str,
         overrides = [f"train.device={env.device.type}"] + ([f"sharding.plan={setting['plan']}"] if setting["plan"] else [])
         cfg = load_config(config, overrides)
         data = load_prepared(prepared)
-        sharded = build_model(cfg, data, env)
+        content = random_content(data.num_movies) if setting.get("clip") else {}
+        sharded = build_model(cfg, data, env, content=content)
         builder = BatchBuilder(data, cfg.model.year_bucket_years)
         rows = SplitRows.from_prepared(data, "train")
         generator = torch.Generator().manual_seed(0)
@@ -86,10 +88,13 @@ def worker(rank: int, world_size: int, store: str, setting: dict, prepared: str,
         run(steps)
         dist.barrier()
         seconds = time.perf_counter() - start
+        comm_ms = communication_ms(lambda: run(5), 5) if world_size > 1 else 0.0
         report = {
             "rank": rank,
             "seconds": seconds,
             "samples_per_s": steps * cfg.train.batch_size / seconds,
+            "step_ms": 1000 * seconds / steps,
+            "communication_ms": comm_ms,
             "estimated_table_mib": sharded.estimated_bytes[rank] / MiB,
             "measured_table_mib": _table_bytes(sharded.model, sharded.optimizer) / MiB,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MiB,
@@ -98,6 +103,19 @@ def worker(rank: int, world_size: int, store: str, setting: dict, prepared: str,
         Path(out, f"rank{rank}.json").write_text(json.dumps(report))
     finally:
         teardown()
+
+
+COMMUNICATION = ("all2all", "alltoall", "allreduce", "all_reduce", "allgather", "all_gather", "broadcast",
+                 "awaitable wait", "request wait")
+"""Profiler names of collectives and of waits on them (TorchRec's awaitables), matched in lower case."""
+
+
+def communication_ms(steps, count: int) -> float:
+    """Milliseconds per step in collectives and waiting on them: self CPU time of the matching profiler events."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        steps()
+    total_us = sum(e.self_cpu_time_total for e in prof.key_averages() if any(c in e.key.lower() for c in COMMUNICATION))
+    return total_us / 1000 / count
 
 
 def _spawn_worker(rank: int, world_size: int, store: str, *args) -> None:

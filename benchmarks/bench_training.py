@@ -32,7 +32,8 @@ from mmdlrm.train import build_model
 CLIP_DIMS = {"image": 512, "text": 384}
 
 
-def _content(num_movies: int) -> dict[str, MovieVectors]:
+def random_content(num_movies: int) -> dict[str, MovieVectors]:
+    """CLIP-sized unit vectors (512-d image, 384-d text) for every movie: their cost does not depend on values."""
     generator = torch.Generator().manual_seed(0)
     return {m: MovieVectors(torch.nn.functional.normalize(torch.randn(num_movies, d, generator=generator), dim=1).half(),
                             torch.zeros(num_movies, dtype=torch.bool), "random") for m, d in CLIP_DIMS.items()}  # fmt: skip
@@ -68,7 +69,7 @@ def bench_mmdlrm(config: str, data, steps: int, repeats: int, clip: bool, sparse
     cfg = load_config(config, ["train.device=cpu", f"sharding.sparse_optimizer={sparse_optimizer}"])
     env = init_distributed("cpu")
     try:
-        sharded = build_model(cfg, data, env, content=_content(data.num_movies) if clip else {})
+        sharded = build_model(cfg, data, env, content=random_content(data.num_movies) if clip else {})
         model, optimizer = sharded.model, sharded.optimizer
         builder = BatchBuilder(data, cfg.model.year_bucket_years)
         batches, input_s = _batches(data, builder, cfg.train.batch_size, min(steps, 30))

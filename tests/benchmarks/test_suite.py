@@ -28,4 +28,5 @@ def test_quick_suite_writes_tables_and_json_with_baselines(tmp_path):
     ours = next(r for r in result["training"] if r["name"].startswith("mmdlrm") and "CLIP" not in r["name"])
     assert set(ours["step_ms"]) == {"input", "forward", "backward", "optimizer"}
     assert ours["inference"]["top10_ms"] > 0 and 0 < ours["lookup_fraction_of_copy_bandwidth"] < 1
-    assert [s["world"] for s in result["scaling"]] == [1, 2]
+    assert [(s["world"], s["clip"]) for s in result["scaling"]] == [(1, False), (2, False), (1, True), (2, True)]
+    assert result["scaling"][0]["communication_ms"] == 0 and result["scaling"][1]["communication_ms"] > 0
