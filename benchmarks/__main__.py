@@ -48,12 +48,11 @@ def main() -> None:
     # Training, one process: mmdlrm against (a) and (b), ids only and with CLIP vectors; inference.
     training = []
     for config in size["configs"]:
-        ids = bench_training.bench_mmdlrm(config, data, size["steps"], size["repeats"], clip=False)
-        clip = bench_training.bench_mmdlrm(config, data, size["steps"], size["repeats"], clip=True)
-        sgd = bench_training.bench_mmdlrm(config, data, size["steps"], size["repeats"], clip=False, sparse_optimizer="sgd")
-        plain = bench_training.bench_plain(config, data, size["steps"], size["repeats"])
-        notebook = bench_training.bench_notebook(config, data, size["notebook_rows"])
-        for row in (ids, clip, sgd, plain, notebook):
+        rows = bench_training.bench_training(config, data, size["steps"], size["repeats"])
+        rows.append(bench_training.bench_notebook(config, data, size["notebook_rows"]))
+        plain = next(r for r in rows if r["name"].startswith("(b)"))
+        notebook = rows[-1]
+        for row in rows:
             row.update(config=config, vs_b=row["samples_per_s"] / plain["samples_per_s"],
                        vs_a=row["samples_per_s"] / notebook["samples_per_s"])  # fmt: skip
             training.append(row)

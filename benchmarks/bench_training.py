@@ -1,6 +1,7 @@
 """Training and inference throughput of mmdlrm against what a user would otherwise write, with a breakdown.
 
 For a model size (configs/debug.yaml or configs/ml25m.yaml) on a prepared dataset, one process:
+- mmdlrm and baseline (b) take turns within every repeat (round-robin), so drift hits all alike;
 - mmdlrm (DistributedModelParallel, FBGEMM fused row-wise Adagrad; also fused SGD, to isolate the cost of
   FBGEMM's CPU row-wise Adagrad kernel), ids only and with CLIP-sized content
   vectors (512-d image + 384-d text, random: the cost does not depend on their values): samples/s (median of
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -52,56 +55,70 @@ def _batches(data, builder: BatchBuilder, batch_size: int, count: int) -> tuple[
     return batches, statistics.median(seconds)
 
 
-def _timed_steps(step, batches: list, steps: int, repeats: int) -> list[float]:
-    """Seconds for `steps` steps, `repeats` times (after a warm-up)."""
-    for batch in batches[:3]:
-        step(batch)
-    out = []
+@dataclass
+class Contestant:
+    """One way of training, ready to step: its step function, batches, and what it reports besides speed."""
+
+    name: str
+    step: Callable
+    batches: list
+    batch_size: int
+    report: dict = field(default_factory=dict)
+    parts: dict[str, list[float]] | None = None
+
+
+def race(contestants: list[Contestant], steps: int, repeats: int) -> dict[str, float]:
+    """Median samples/s of each contestant over `repeats` rounds, taking turns within every round.
+
+    Round-robin rather than one after the other, so that a slower or busier stretch of the machine falls on all
+    of them alike and the ratios between them hold up.
+    """
+    for c in contestants:
+        for batch in c.batches[:3]:
+            c.step(batch)
+        if c.parts is not None:
+            for values in c.parts.values():
+                values.clear()
+    rates: dict[str, list[float]] = {c.name: [] for c in contestants}
     for _ in range(repeats):
-        start = time.perf_counter()
-        for i in range(steps):
-            step(batches[i % len(batches)])
-        out.append(time.perf_counter() - start)
-    return out
+        for c in contestants:
+            start = time.perf_counter()
+            for i in range(steps):
+                c.step(c.batches[i % len(c.batches)])
+            rates[c.name].append(c.batch_size * steps / (time.perf_counter() - start))
+    return {name: statistics.median(values) for name, values in rates.items()}
 
 
-def bench_mmdlrm(config: str, data, steps: int, repeats: int, clip: bool, sparse_optimizer: str = "rowwise_adagrad") -> dict:
+def mmdlrm_contestant(config: str, data, env, steps: int, clip: bool, sparse_optimizer: str = "rowwise_adagrad") -> Contestant:
     cfg = load_config(config, ["train.device=cpu", f"sharding.sparse_optimizer={sparse_optimizer}"])
-    env = init_distributed("cpu")
-    try:
-        sharded = build_model(cfg, data, env, content=random_content(data.num_movies) if clip else {})
-        model, optimizer = sharded.model, sharded.optimizer
-        builder = BatchBuilder(data, cfg.model.year_bucket_years)
-        batches, input_s = _batches(data, builder, cfg.train.batch_size, min(steps, 30))
-        parts = {"forward": [], "backward": [], "optimizer": []}
+    sharded = build_model(cfg, data, env, content=random_content(data.num_movies) if clip else {})
+    model, optimizer = sharded.model, sharded.optimizer
+    builder = BatchBuilder(data, cfg.model.year_bucket_years)
+    batches, input_s = _batches(data, builder, cfg.train.batch_size, min(steps, 30))
+    parts: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": []}
 
-        def step(batch) -> None:
-            t0 = time.perf_counter()
-            loss, _ = model(batch)
-            t1 = time.perf_counter()
-            optimizer.zero_grad()
-            loss.backward()
-            t2 = time.perf_counter()
-            optimizer.step()
-            t3 = time.perf_counter()
-            for name, seconds in zip(parts, (t1 - t0, t2 - t1, t3 - t2)):
-                parts[name].append(seconds)
+    def step(batch) -> None:
+        t0 = time.perf_counter()
+        loss, _ = model(batch)
+        t1 = time.perf_counter()
+        optimizer.zero_grad()
+        loss.backward()
+        t2 = time.perf_counter()
+        optimizer.step()
+        t3 = time.perf_counter()
+        for name, seconds in zip(parts, (t1 - t0, t2 - t1, t3 - t2)):
+            parts[name].append(seconds)
 
-        runs = _timed_steps(step, batches, steps, repeats)
-        rate = statistics.median(cfg.train.batch_size * steps / s for s in runs)
-        breakdown = {"input": input_s} | {name: statistics.median(values) for name, values in parts.items()}
-        inference = bench_inference(model, builder, data, cfg.eval.batch_size) if not clip and sparse_optimizer == "rowwise_adagrad" else {}
-        rows_per_sample = 3 + float(np.diff(data.movies["genre_offsets"])[data.splits["train"]["movie"]].mean())
-    finally:
-        teardown()
     optimizer_name = {"rowwise_adagrad": "row-wise Adagrad", "adagrad": "Adagrad", "sgd": "SGD"}[sparse_optimizer]
-    return {"name": f"mmdlrm (DMP, fused {optimizer_name})" + (" + CLIP vectors" if clip else ""), "samples_per_s": rate,
-            "step_ms": {k: 1000 * v for k, v in breakdown.items()}, "inference": inference,
-            "lookup_bytes_per_sample": rows_per_sample * cfg.model.embedding_dim * 4,
-            "batch_size": cfg.train.batch_size, "embedding_dim": cfg.model.embedding_dim}  # fmt: skip
+    rows_per_sample = 3 + float(np.diff(data.movies["genre_offsets"])[data.splits["train"]["movie"]].mean())
+    report = {"input_s": input_s, "lookup_bytes_per_sample": rows_per_sample * cfg.model.embedding_dim * 4,
+              "batch_size": cfg.train.batch_size, "embedding_dim": cfg.model.embedding_dim,
+              "model": model, "builder": builder, "eval_batch_size": cfg.eval.batch_size}  # fmt: skip
+    name = f"mmdlrm (DMP, fused {optimizer_name})" + (" + CLIP vectors" if clip else "")
+    return Contestant(name, step, batches, cfg.train.batch_size, report, parts)
 
 
-def bench_plain(config: str, data, steps: int, repeats: int) -> dict:
+def plain_contestant(config: str, data, steps: int) -> Contestant:
     cfg = load_config(config)
     torch.manual_seed(0)
     builder = BatchBuilder(data, cfg.model.year_bucket_years)
@@ -110,9 +127,32 @@ def bench_plain(config: str, data, steps: int, repeats: int) -> dict:
     model = PlainDLRM(sizes, cfg.model.embedding_dim, cfg.model.dense_arch, cfg.model.over_arch)
     optimizers = model.optimizers(1e-3, cfg.train.dense_lr)
     batches, _ = _batches(data, builder, cfg.train.batch_size, min(steps, 30))
-    runs = _timed_steps(lambda b: plain_step(model, optimizers, b), batches, steps, repeats)
-    return {"name": "(b) plain PyTorch DLRM (EmbeddingBag + SparseAdam)",
-            "samples_per_s": statistics.median(cfg.train.batch_size * steps / s for s in runs)}  # fmt: skip
+    return Contestant("(b) plain PyTorch DLRM (EmbeddingBag + SparseAdam)", lambda b: plain_step(model, optimizers, b),
+                      batches, cfg.train.batch_size)  # fmt: skip
+
+
+def bench_training(config: str, data, steps: int, repeats: int) -> list[dict]:
+    """mmdlrm (row-wise Adagrad, + CLIP vectors, SGD) and baseline (b), raced in turns; then inference."""
+    env = init_distributed("cpu")
+    try:
+        contestants = [mmdlrm_contestant(config, data, env, steps, clip=False),
+                       mmdlrm_contestant(config, data, env, steps, clip=True),
+                       mmdlrm_contestant(config, data, env, steps, clip=False, sparse_optimizer="sgd"),
+                       plain_contestant(config, data, steps)]  # fmt: skip
+        rates = race(contestants, steps, repeats)
+        first = contestants[0].report
+        inference = bench_inference(first["model"], first["builder"], data, first["eval_batch_size"])
+    finally:
+        teardown()
+    rows = []
+    for c in contestants:
+        row = {"name": c.name, "samples_per_s": rates[c.name]}
+        if c.parts is not None:
+            row["step_ms"] = {"input": 1000 * c.report["input_s"]} | {k: 1000 * statistics.median(v) for k, v in c.parts.items()}
+            row |= {k: c.report[k] for k in ("lookup_bytes_per_sample", "batch_size", "embedding_dim")}
+        rows.append(row)
+    rows[0]["inference"] = inference
+    return rows
 
 
 def bench_notebook(config: str, data, rows: int) -> dict:
