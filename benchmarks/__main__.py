@@ -1,7 +1,7 @@
 """The benchmark suite: data, training (1 and 2 processes, each CPU sharding type), inference, bandwidth.
 
-    python -m benchmarks            # full: ml-25m-scale synthetic data (25M ratings), about 15 minutes on 2 cores
-    python -m benchmarks --quick    # CI smoke: small data, few steps, under 2 minutes
+    python -m benchmarks            # full: ml-25m-scale synthetic data (25M ratings), about 7 minutes on 2 cores
+    python -m benchmarks --quick    # CI smoke: small data, few steps, about a minute
 Prints tables and writes benchmarks/results/suite.json (or --out). Every throughput sits beside baselines
 measured in the same run: the reference notebook's approach (a) and the same DLRM in plain PyTorch (b).
 """
