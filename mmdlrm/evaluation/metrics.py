@@ -64,13 +64,14 @@ def evaluate(
     model.eval()
     metrics = RatingMetrics(task, device)
     cold = RatingMetrics(task, device) if cold_movies is not None else None
+    cold_movies = cold_movies.to(device) if cold_movies is not None else None  # once, not per batch
     kept_preds, kept_labels = [], []
     for batch in batches:
         batch = batch.to(device)
         _, (_, preds, labels) = model(batch)
         metrics.update(preds, labels)
         if cold is not None:
-            rows = cold_movies.to(device)[batch.movies]
+            rows = cold_movies[batch.movies]
             cold.update(preds[rows], labels[rows])
         if keep_predictions:
             kept_preds.append(preds.cpu())

@@ -116,9 +116,10 @@ def load_vectors(folder: str | Path, movie_ids: np.ndarray, modality: str) -> Mo
     dim = manifest[f"{modality}_dim"]
     stored = table["movieId"].to_numpy()
     values = table[modality].combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
-    position = {int(m): i for i, m in enumerate(stored)}
-    rows = np.array([position.get(int(m), -1) for m in movie_ids])
-    have = rows >= 0
+    order = np.argsort(stored)
+    found = np.searchsorted(stored, np.asarray(movie_ids), sorter=order).clip(max=len(stored) - 1)
+    rows = order[found]
+    have = stored[rows] == np.asarray(movie_ids)
     vectors = np.zeros((len(movie_ids), dim), np.float16)
     vectors[have] = values[rows[have]]
     missing = ~have
