@@ -17,24 +17,21 @@ import argparse
 import logging
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow.csv as pacsv
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.baselines import PlainDLRM  # noqa: E402
+from benchmarks import bench_training  # noqa: E402
 from benchmarks.common import print_table, timed, write_json  # noqa: E402
-from mmdlrm.config import SyntheticConfig, load_config  # noqa: E402
+from mmdlrm.config import SyntheticConfig  # noqa: E402
 from mmdlrm.data.batches import SPARSE_FEATURES, BatchBuilder, SplitRows  # noqa: E402
 from mmdlrm.data.movielens import read_release  # noqa: E402
 from mmdlrm.data.prepare import load_prepared, prepare  # noqa: E402
 from mmdlrm.data.synthetic import generate  # noqa: E402
 from mmdlrm.distributed.env import init_distributed, teardown  # noqa: E402
-from mmdlrm.train import build_model  # noqa: E402
 
 
 def bench_prepare(release_dir: Path, out_dir: Path) -> dict:
@@ -85,54 +82,20 @@ def bench_batches(data, batch_size: int, steps: int, loop_rows: int) -> dict:
             "baseline": "per-row Python loop", "baseline_rows_per_s": loop_rate, "ratio": rate / loop_rate}  # fmt: skip
 
 
-def bench_training(data, config: str, steps: int, warmup: int) -> dict:
-    cfg = load_config(config, ["train.device=cpu"])
+def bench_training_step(data, config: str, steps: int, repeats: int = 3) -> dict:
+    """One process: DistributedModelParallel against the plain-PyTorch DLRM, taking turns (bench_training.race)."""
     env = init_distributed("cpu")
     try:
-        sharded = build_model(cfg, data, env)
-        model, optimizer = sharded.model, sharded.optimizer
-        builder = BatchBuilder(data, cfg.model.year_bucket_years)
-        rows = SplitRows.from_prepared(data, "train")
-        generator = torch.Generator().manual_seed(0)
-        batches = [builder.build(rows, torch.randint(len(rows), (cfg.train.batch_size,), generator=generator), True)
-                   for _ in range(min(steps, 50))]  # fmt: skip
-
-        def step_dmp(batch) -> None:
-            loss, _ = model(batch)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-
-        sizes = {"user": data.num_users, "movie": data.num_movies, "genre": len(data.genres),
-                 "year": builder.year_bucket.max().item() + 1}  # fmt: skip
-        plain = PlainDLRM(sizes, cfg.model.embedding_dim, cfg.model.dense_arch, cfg.model.over_arch)
-        sparse_opt = torch.optim.SparseAdam(list(plain.tables.parameters()), lr=1e-3)
-        dense_params = [p for n, p in plain.named_parameters() if not n.startswith("tables.")]
-        dense_opt = torch.optim.Adam(dense_params, lr=cfg.train.dense_lr)
-
-        def step_plain(batch) -> None:
-            loss = nn.functional.mse_loss(plain(batch.dense_features, batch.sparse_features), batch.labels)
-            sparse_opt.zero_grad()
-            dense_opt.zero_grad()
-            loss.backward()
-            sparse_opt.step()
-            dense_opt.step()
-
-        rates = {}
-        for name, step in (("dmp", step_dmp), ("plain", step_plain)):
-            for i in range(warmup):
-                step(batches[i % len(batches)])
-            start = time.perf_counter()
-            for i in range(steps):
-                step(batches[i % len(batches)])
-            rates[name] = steps * cfg.train.batch_size / (time.perf_counter() - start)
+        ours = bench_training.mmdlrm_contestant(config, data, env, steps, clip=False)
+        plain = bench_training.plain_contestant(config, data, steps)
+        rates = bench_training.race([ours, plain], steps, repeats)
     finally:
         teardown()
-    return {"stage": "training step (DMP, 1 process)", "rows": steps * cfg.train.batch_size,
-            "seconds": steps * cfg.train.batch_size / rates["dmp"], "rows_per_s": rates["dmp"],
-            "baseline": "plain PyTorch EmbeddingBag + SparseAdam", "baseline_rows_per_s": rates["plain"],
-            "ratio": rates["dmp"] / rates["plain"], "embedding_dim": cfg.model.embedding_dim,
-            "batch_size": cfg.train.batch_size}  # fmt: skip
+    rate, baseline = rates[ours.name], rates[plain.name]
+    return {"stage": "training step (DMP, 1 process)", "rows": steps * ours.batch_size,
+            "seconds": steps * ours.batch_size / rate, "rows_per_s": rate,
+            "baseline": "plain PyTorch EmbeddingBag + SparseAdam", "baseline_rows_per_s": baseline,
+            "ratio": rate / baseline, "embedding_dim": ours.report["embedding_dim"], "batch_size": ours.batch_size}  # fmt: skip
 
 
 def main() -> None:
@@ -157,7 +120,7 @@ def main() -> None:
         results.append(bench_prepare(release, Path(tmp) / "prepared"))
         data = load_prepared(Path(tmp) / "prepared")
         results.append(bench_batches(data, 8192, args.batch_steps, loop_rows=20_000))
-        results.append(bench_training(data, args.config, args.train_steps, warmup=10))
+        results.append(bench_training_step(data, args.config, args.train_steps))
 
     print_table(results, ["stage", "rows", "seconds", "rows_per_s", "baseline", "baseline_rows_per_s", "ratio"])
     path = write_json("foundation", {"args": vars(args), "results": results}, args.out)
