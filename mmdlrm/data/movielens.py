@@ -7,6 +7,18 @@
 | ml-100k                          | u.data u.item [u.genre]                 | tab / pipe-separated, latin-1  |
 
 Every reader returns a `Release` with the same column names and types, so nothing downstream knows which one it was.
+
+Encodings: the CSV releases are UTF-8 (a byte-order mark is dropped); a CSV file that is not valid UTF-8 is read as
+Latin-1 with a warning naming the file and line (see `tables`). The `.dat` files and ml-100k's u.item are Latin-1.
+
+Validation of ratings, in this order; with `on_bad_rows="error"` the first problem stops the read with file, line
+and column, with `"skip"` the offending rows are dropped and counted in `Release.bad_rows`:
+- user and movie ids must be whole numbers >= 0;
+- ratings must be in `RATING_RANGE` (a NaN is refused as not a number while reading);
+- the movie must be in the movies file;
+- one rating per (user, movie). Under "skip" the latest rating of a repeated pair is kept: the largest timestamp,
+  and on equal timestamps the later line of the file. Found with one vectorised pass (MovieLens files are sorted by
+  user and movie) or one sort of a combined (user, movie) key; only the repeated rows are lexsorted.
 """
 
 from __future__ import annotations
@@ -20,7 +32,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mmdlrm.data.tables import BadRows, DataError, OnBadRows, TextFormat, first_line, read_table
+from mmdlrm.data.tables import BadRows, DataError, OnBadRows, TextFormat, file_lines, first_line, read_header, read_table
+from mmdlrm.schema import RATING_RANGE
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +47,17 @@ ML100K_GENRES = [
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
     "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
 ]  # fmt: skip
-RATING_RANGE = (0.5, 5.0)
 
 _CSV = TextFormat()
 _DAT = TextFormat(delimiter="\x1f", header=False, encoding="latin-1", multi_char_delimiter="::", quoting=False)
+_U_DATA = TextFormat(delimiter="\t", header=False, quoting=False)
+_U_ITEM = TextFormat(delimiter="|", header=False, encoding="latin-1", quoting=False)
+_RATINGS_FORMAT: dict[str, TextFormat] = {"csv": _CSV, "dat": _DAT, "100k": _U_DATA}
+_RATINGS_NAMES = ["user_id", "movie_id", "rating", "timestamp"]
+"""The ratings columns, in file order where the file has no header (.dat, u.data)."""
+_CSV_NAMES = {"user_id": "userId", "movie_id": "movieId", "rating": "rating", "timestamp": "timestamp"}
+# The file that marks each layout; a folder must hold exactly one of them.
+_MARKERS = {"ratings.csv": "csv", "ratings.dat": "dat", "u.data": "100k"}
 
 
 @dataclass
@@ -63,17 +83,19 @@ def detect_release(folder: str | Path) -> ReleaseKind:
     """Tell the release layout from the files in `folder`.
 
     Raises:
-        DataError: the folder is missing or holds no ratings file of a known release.
+        DataError: the folder is missing, holds no ratings file of a known release, or holds more than one.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder; point data.source at an unpacked MovieLens release")
-    if (folder / "ratings.csv").is_file():
-        return "csv"
-    if (folder / "ratings.dat").is_file():
-        return "dat"
-    if (folder / "u.data").is_file():
-        return "100k"
+    found = [name for name in _MARKERS if (folder / name).is_file()]
+    if len(found) > 1:
+        raise DataError(
+            f"{folder}: holds more than one MovieLens release ({', '.join(found)}); point data.source at a folder "
+            "with one release"
+        )
+    if found:
+        return _MARKERS[found[0]]  # type: ignore[return-value]
     raise DataError(
         f"{folder}: no ratings.csv (ml-20m/25m/32m/latest), ratings.dat (ml-1m/10m) or u.data (ml-100k) here; "
         "point data.source at the unpacked release folder"
@@ -150,7 +172,7 @@ def _read_dat_release(folder: Path, on_bad_rows: OnBadRows, bad: BadRows) -> Rel
         folder / "ratings.dat",
         {"user_id": pa.int64(), "movie_id": pa.int64(), "rating": pa.float32(), "timestamp": pa.int64()},
         _DAT,
-        names=["user_id", "movie_id", "rating", "timestamp"],
+        names=_RATINGS_NAMES,
         on_bad_rows=on_bad_rows,
         bad_rows=bad,
     )
@@ -180,8 +202,8 @@ def _read_100k_release(folder: Path, on_bad_rows: OnBadRows, bad: BadRows) -> Re
     ratings = read_table(
         folder / "u.data",
         {"user_id": pa.int64(), "movie_id": pa.int64(), "rating": pa.float32(), "timestamp": pa.int64()},
-        TextFormat(delimiter="\t", header=False, quoting=False),
-        names=["user_id", "movie_id", "rating", "timestamp"],
+        _U_DATA,
+        names=_RATINGS_NAMES,
         on_bad_rows=on_bad_rows,
         bad_rows=bad,
     )
@@ -190,7 +212,7 @@ def _read_100k_release(folder: Path, on_bad_rows: OnBadRows, bad: BadRows) -> Re
     items = read_table(
         folder / "u.item",
         {"movie_id": pa.int64(), "title": pa.string(), **{f: pa.int8() for f in flags}},
-        TextFormat(delimiter="|", header=False, encoding="latin-1", quoting=False),
+        _U_ITEM,
         names=names,
         on_bad_rows=on_bad_rows,
         bad_rows=bad,
@@ -219,33 +241,96 @@ def _split_genres(movies: pa.Table) -> pa.Table:
 
 
 def _validate_ratings(release: Release, on_bad_rows: OnBadRows) -> pa.Table:
-    """Check ratings against the rating range and the movie catalogue; drop or report offenders."""
+    """Check ratings (ids, range, catalogue, one per user and movie); drop or report offenders."""
     ratings = release.ratings
     path = release.files[0]
-    header = release.kind == "csv"
+    user = ratings["user_id"].to_numpy()
+    movie = ratings["movie_id"].to_numpy()
     rating = ratings["rating"].to_numpy()
     out_of_range = ~((rating >= RATING_RANGE[0]) & (rating <= RATING_RANGE[1]))
     unknown = ~pc.is_in(ratings["movie_id"], value_set=release.movies["movie_id"]).to_numpy(zero_copy_only=False)
+    ids = "ids are whole numbers from 0 up; fix the id"
     checks = [
-        (out_of_range, "rating outside 0.5..5.0", "ratings are stars from 0.5 to 5.0", "rating"),
-        (unknown, "movie id not in the movies file", "add the movie to the movies file or drop the rating", "movie"),
-    ]
+        (user < 0, "user id is negative", ids, "user_id", user),
+        (movie < 0, "movie id is negative", ids, "movie_id", movie),
+        (out_of_range, "rating outside 0.5..5.0", "ratings are stars from 0.5 to 5.0", "rating", rating),
+        (unknown, "movie id not in the movies file", "add the movie to the movies file or drop the rating", "movie_id", movie),
+    ]  # fmt: skip
     keep = np.ones(len(rating), dtype=bool)
-    for mask, reason, fix, what in checks:
+    for mask, reason, fix, name, values in checks:
         if not mask.any():
             continue
         if on_bad_rows == "skip":
             release.bad_rows.add(path, reason, int((mask & keep).sum()))
             keep &= ~mask
             continue
-        index = int(np.flatnonzero(mask)[0])
-        value = rating[index] if what == "rating" else ratings["movie_id"][index].as_py()
-        column = 3 if what == "rating" else 2
+        value = values[int(np.flatnonzero(mask)[0])]
         raise DataError(
-            f"{path} line {first_line(path, mask, header)}, column {column}: {reason} ({value}); {fix}, "
-            "or pass data.on_bad_rows=skip"
+            f"{path} line {first_line(path, mask, _RATINGS_FORMAT[release.kind])}, column {_column(release, name)}: "
+            f"{reason} ({value}); {fix}, or pass data.on_bad_rows=skip"
         )
+    keep = _drop_repeated_pairs(release, keep, on_bad_rows)
     return ratings.filter(pa.array(keep)) if not keep.all() else ratings
+
+
+def _drop_repeated_pairs(release: Release, keep: np.ndarray, on_bad_rows: OnBadRows) -> np.ndarray:
+    """`keep` without the ratings that a later rating of the same (user, movie) replaces (or raise under "error")."""
+    path = release.files[0]
+    kept = None if keep.all() else np.flatnonzero(keep)
+    columns = [release.ratings[c].to_numpy() for c in ("user_id", "movie_id", "timestamp")]
+    user, movie, timestamp = columns if kept is None else [c[kept] for c in columns]
+    rows, keys = _repeated_pairs(user, movie)
+    if not len(rows):
+        return keep
+    if on_bad_rows == "error":
+        second = rows[1:][keys[1:] == keys[0]][0]  # rows are in file order: rows[0] is the first repeated pair
+        first, again = file_lines(path, _RATINGS_FORMAT[release.kind], np.array([rows[0], second]))
+        raise DataError(
+            f"{path} lines {first} and {again}: user {user[rows[0]]} rated movie {movie[rows[0]]} twice (one rating "
+            "per user and movie); delete one of the lines, or pass data.on_bad_rows=skip to keep the latest rating "
+            "of each pair"
+        )
+    by_pair = np.lexsort((timestamp[rows], keys))  # stable: equal timestamps stay in file order
+    pairs = keys[by_pair]
+    replaced = rows[by_pair[:-1][pairs[1:] == pairs[:-1]]]  # all but the last, latest rating of each pair
+    release.bad_rows.add(path, "duplicate (user, movie): kept the latest", len(replaced))
+    keep = keep.copy()
+    keep[replaced if kept is None else kept[replaced]] = False
+    return keep
+
+
+def _repeated_pairs(user: np.ndarray, movie: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows whose (user, movie) occurs more than once, in file order, and their pair keys (ids must be >= 0)."""
+    none = np.zeros(0, np.int64)
+    if len(user) < 2:
+        return none, none
+    same_user = user[1:] == user[:-1]
+    if np.all((user[1:] > user[:-1]) | (same_user & (movie[1:] > movie[:-1]))):
+        return none, none  # sorted by user, then movie, as MovieLens writes them: no pair can repeat
+    key = _pair_key(user, movie)
+    ordered = np.sort(key)
+    repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+    if not len(repeated):
+        return none, none
+    rows = np.flatnonzero(np.isin(key, repeated))
+    return rows, key[rows]
+
+
+def _pair_key(user: np.ndarray, movie: np.ndarray) -> np.ndarray:
+    """One int64 per (user, movie), equal only for equal pairs."""
+    span = int(movie.max()) + 1
+    if (int(user.max()) + 1) * span < 2**63:
+        return user.astype(np.int64) * span + movie
+    _, user_index = np.unique(user, return_inverse=True)  # ids too large to combine: use their ranks
+    _, movie_index = np.unique(movie, return_inverse=True)
+    return user_index.astype(np.int64) * (int(movie_index.max()) + 1) + movie_index
+
+
+def _column(release: Release, name: str) -> int:
+    """1-based column of the ratings column `name` in the ratings file."""
+    if release.kind == "csv":
+        return read_header(release.files[0], _CSV).index(_CSV_NAMES[name]) + 1
+    return _RATINGS_NAMES.index(name) + 1
 
 
 def parse_years(titles: pa.ChunkedArray | pa.Array) -> np.ndarray:

@@ -4,6 +4,12 @@ A prepared folder holds `train/val/test.parquet` (user, movie, rating, timestamp
 `users.parquet` and `movies.parquet` (original ids, titles, years, genre ids, and train-split sums and counts for
 the dense features), and `manifest.json` (counts, split, seed, source checksums). Preparing the same release with
 the same settings twice gives byte-identical files. Everything is computed on whole columns; no per-row Python.
+
+`prepare` never deletes what it did not write. It refuses an output folder that is, or is inside, the release
+(or holds it), an output path that is a file, and a non-empty folder that is not a prepared dataset (one whose
+manifest.json has a `format_version`). It writes into a new temporary sibling folder, removed if preparing fails;
+a prepared dataset already at the output is replaced by renaming it aside, renaming the new one into place and
+only then removing the old one.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ import hashlib
 import json
 import logging
 import shutil
+import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,41 +69,64 @@ class Prepared:
 
 
 def prepare(release: Release, out_dir: str | Path, split: str, val_fraction: float, test_fraction: float, seed: int) -> Path:
-    """Write the prepared dataset for `release` into `out_dir` (atomically: a tmp folder renamed at the end)."""
+    """Write the prepared dataset for `release` into `out_dir` (atomically: a tmp sibling swapped in at the end).
+
+    Raises:
+        DataError: `out_dir` is the release folder (or inside it), a file, or a non-empty folder that is not a
+            prepared dataset; a movie listed twice; a split with no ratings.
+    """
     out = Path(out_dir)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    ratings = release.ratings
-    user_ids = np.unique(ratings["user_id"].to_numpy())
+    target = _check_out_dir(release.folder, out)
+    movies, user_ids, users, items = _contiguous_ids(release)
+    timestamp = release.ratings["timestamp"].to_numpy()
+    assignment = split_rows(users, timestamp, items, split, val_fraction, test_fraction, seed)
+    counts = dict(zip(SPLITS, np.bincount(assignment, minlength=len(SPLITS)).tolist()))
+    _check_split_sizes(release, counts, split, val_fraction, test_fraction)
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        manifest = _write_dataset(tmp, release, movies, user_ids, users, items, assignment)
+        manifest["split"] = {"kind": split, "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}
+        manifest["counts"].update(counts)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        _swap_in(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # only the folder this call made
+        raise
+    log.info("prepared %s -> %s (%s)", release.folder, out, ", ".join(f"{k} {v:,}" for k, v in manifest["counts"].items()))
+    return out
+
+
+def _contiguous_ids(release: Release) -> tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray]:
+    """(movies sorted by id, sorted user ids, each rating's user index, each rating's movie index)."""
     movie_ids = release.movies["movie_id"].to_numpy()
     order = np.argsort(movie_ids, kind="stable")
     if np.any(np.diff(movie_ids[order]) == 0):
         dup = movie_ids[order][np.flatnonzero(np.diff(movie_ids[order]) == 0)[0]]
         raise DataError(f"{release.files[1]}: movie id {dup} appears twice; each movie must be listed once")
-    movies = release.movies.take(order)
-    movie_ids = movie_ids[order]
-    users = np.searchsorted(user_ids, ratings["user_id"].to_numpy()).astype(np.int32)
-    items = np.searchsorted(movie_ids, ratings["movie_id"].to_numpy()).astype(np.int32)
-    rating = ratings["rating"].to_numpy().astype(np.float32)
-    timestamp = ratings["timestamp"].to_numpy()
-    assignment = split_rows(users, timestamp, items, split, val_fraction, test_fraction, seed)
+    user_ids = np.unique(release.ratings["user_id"].to_numpy())
+    users = np.searchsorted(user_ids, release.ratings["user_id"].to_numpy()).astype(np.int32)
+    items = np.searchsorted(movie_ids[order], release.ratings["movie_id"].to_numpy()).astype(np.int32)
+    return release.movies.take(order), user_ids, users, items
 
-    counts: dict[str, int] = {}
+
+def _write_dataset(
+    folder: Path, release: Release, movies: pa.Table, user_ids: np.ndarray, users: np.ndarray, items: np.ndarray,
+    assignment: np.ndarray,
+) -> dict:  # fmt: skip
+    """Write the splits, users.parquet and movies.parquet into `folder`; returns the manifest, split settings aside."""
+    rating = release.ratings["rating"].to_numpy().astype(np.float32)
+    timestamp = release.ratings["timestamp"].to_numpy()
     for index, name in enumerate(SPLITS):
         rows = np.flatnonzero(assignment == index)
-        counts[name] = int(rows.size)
-        table = pa.table(
-            {"user": users[rows], "movie": items[rows], "rating": rating[rows], "timestamp": timestamp[rows]}
-        )
-        pq.write_table(table, tmp / f"{name}.parquet", compression="zstd")
+        table = pa.table({"user": users[rows], "movie": items[rows], "rating": rating[rows], "timestamp": timestamp[rows]})
+        pq.write_table(table, folder / f"{name}.parquet", compression="zstd")
     train = assignment == 0
-    if not train.any():
-        raise DataError(f"{release.folder}: no ratings left for training; lower data.val_fraction/test_fraction")
     genre_names = sorted(set(pc.list_flatten(movies["genres"]).to_pylist()))
-    _write_users(tmp / "users.parquet", user_ids, users[train], rating[train])
-    _write_movies(tmp / "movies.parquet", movies, genre_names, items[train], rating[train])
-    manifest = {
+    _write_users(folder / "users.parquet", user_ids, users[train], rating[train])
+    _write_movies(folder / "movies.parquet", movies, genre_names, items[train], rating[train])
+    return {
         "format_version": FORMAT_VERSION,
         "source": {
             "folder": str(release.folder),
@@ -103,16 +134,74 @@ def prepare(release: Release, out_dir: str | Path, split: str, val_fraction: flo
             "files": {f.name: {"sha256": _sha256(f), "bytes": f.stat().st_size} for f in release.files},
             "bad_rows_skipped": release.bad_rows.counts,
         },
-        "split": {"kind": split, "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed},
-        "counts": {"users": len(user_ids), "movies": len(movie_ids), "genres": len(genre_names), "ratings": len(rating), **counts},
+        "split": {},
+        "counts": {"users": len(user_ids), "movies": movies.num_rows, "genres": len(genre_names), "ratings": len(rating)},
         "train_mean_rating": float(rating[train].astype(np.float64).mean()),
         "genres": genre_names,
     }
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    log.info("prepared %s -> %s (%s)", release.folder, out, ", ".join(f"{k} {v:,}" for k, v in manifest["counts"].items()))
-    return out
+
+
+def _check_out_dir(release_folder: Path, out: Path) -> Path:
+    """The real path to write the dataset to, after refusing any `out` whose contents prepare would destroy."""
+    target = out.resolve()
+    source = release_folder.resolve()
+    elsewhere = f"write the prepared dataset to a folder of its own (`--out data/prepared/{source.name}`)"
+    if target == source or source in target.parents:
+        where = "the release folder" if target == source else "inside the release folder"
+        raise DataError(f"{out}: output folder is {where} {release_folder}; {elsewhere}")
+    if target in source.parents:
+        raise DataError(f"{out}: output folder holds the release folder {release_folder}, and prepare replaces it; {elsewhere}")
+    if target.exists() and not target.is_dir():
+        raise DataError(f"{out}: output path is a file, not a folder; pass a new folder or one made by `mmdlrm prepare`")
+    if target.is_dir() and any(target.iterdir()) and not is_prepared(target):
+        raise DataError(
+            f"{out}: output folder is not empty and is not a dataset made by `mmdlrm prepare` (no manifest.json "
+            "with a format_version), so it is left alone; empty the folder or pass another output folder"
+        )
+    return target
+
+
+def is_prepared(folder: str | Path) -> bool:
+    """True when `folder` holds a manifest.json written by `prepare` (any format version)."""
+    path = Path(folder) / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(manifest, dict) and "format_version" in manifest
+
+
+def _swap_in(tmp: Path, target: Path) -> None:
+    """Put the finished `tmp` at `target`; an earlier prepared dataset there is removed only after the swap."""
+    if not target.exists():
+        tmp.rename(target)
+        return
+    if not any(target.iterdir()):
+        target.rmdir()  # an empty folder: nothing to keep
+        tmp.rename(target)
+        return
+    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+    target.rename(old)
+    try:
+        tmp.rename(target)
+    except BaseException:
+        old.rename(target)
+        raise
+    shutil.rmtree(old)
+
+
+def _check_split_sizes(release: Release, counts: dict[str, int], split: str, val: float, test: float) -> None:
+    """Refuse a split that leaves train, validation or test without ratings."""
+    sizes = f"{sum(counts.values()):,} ratings split {split} into train {counts['train']:,}, val {counts['val']:,}, test {counts['test']:,}"
+    if not counts["train"]:
+        raise DataError(f"{release.folder}: {sizes}: no ratings left for training; lower data.val_fraction/test_fraction")
+    empty = [name for name in ("val", "test") if not counts[name]]
+    if empty:
+        raise DataError(
+            f"{release.folder}: {sizes}: the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty; "
+            f"use a release with more ratings (per user, for split=temporal), or raise data.val_fraction / "
+            f"data.test_fraction (now {val} / {test})"
+        )
 
 
 def split_rows(

@@ -2,12 +2,23 @@
 
 The fast path is pyarrow's multithreaded CSV reader with the final column types. Only when it fails (or when bad
 rows are to be skipped) does a second, slower pass read the file as text to find which line is wrong.
+
+Before parsing, the raw bytes are checked: a compressed file (gzip, zip, bzip2, xz, zstd) or another binary file
+is refused with the fix, and a UTF-8 byte-order mark (spreadsheet programs write one) is dropped. A file that should
+be UTF-8 but is not is read as Latin-1, the encoding of MovieLens' older releases, with a warning that names the
+file and the line of the first invalid byte: every byte sequence is valid Latin-1, so this never loses a row, and
+the warning says what to do if the titles look wrong.
+
+Line numbers are file lines (1-based, header included). pyarrow skips blank lines and lets a quoted value span
+lines, so row i is not always line i + 2; on the error path the rows are mapped back to file lines by finding the
+non-blank records (`_record_lines`), never on the fast path.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -25,6 +36,16 @@ _NUMBER_PATTERNS = {
     "int": r"^\s*[+-]?\d+\s*$",
     "float": r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$",
 }
+_BOM = b"\xef\xbb\xbf"
+# (leading bytes, format, command that undoes it)
+_COMPRESSED = [
+    (b"\x1f\x8b", "gzip", "gunzip"),
+    (b"PK\x03\x04", "zip", "unzip"),
+    (b"PK\x05\x06", "zip", "unzip"),
+    (b"\xfd7zXZ\x00", "xz", "unxz"),
+    (b"\x28\xb5\x2f\xfd", "zstd", "unzstd"),
+]
+_LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
 class DataError(ValueError):
@@ -78,21 +99,25 @@ def read_table(
         rename: source name -> output name.
 
     Raises:
-        DataError: missing or empty file, missing column, truncated line, value that does not parse.
+        DataError: missing, empty, compressed or binary file, missing column, truncated line, value that does not
+            parse (NaN included).
     """
     bad_rows = bad_rows if bad_rows is not None else BadRows()
     data = _load_bytes(path, fmt)
     header = _check_header(path, data, columns, fmt, names)
     read_opts = pacsv.ReadOptions(column_names=names, autogenerate_column_names=False, use_threads=True)
     parse_opts = pacsv.ParseOptions(delimiter=fmt.delimiter, quote_char='"' if fmt.quoting else False)
-    convert = pacsv.ConvertOptions(column_types=columns, include_columns=list(columns), strings_can_be_null=False)
+    # Only an empty field is null: pyarrow's defaults would also read "NaN" or "NA" as an empty value.
+    convert = pacsv.ConvertOptions(
+        column_types=columns, include_columns=list(columns), strings_can_be_null=False, null_values=[""]
+    )
     if on_bad_rows == "error":
         try:
             table = pacsv.read_csv(pa.BufferReader(data), read_opts, parse_opts, convert)
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             _raise_first_problem(path, data, columns, fmt, names, header)
             raise  # _raise_first_problem always raises; this keeps pyarrow's error if it ever does not
-        _check_no_nulls(path, table, header, fmt)
+        _check_complete(path, data, table, header, fmt)
     else:
         table = _read_skipping(path, data, columns, fmt, names, bad_rows)
     if table.num_rows == 0:
@@ -102,33 +127,149 @@ def read_table(
     return table
 
 
-def first_line(path: Path, mask: np.ndarray, header: bool = True) -> int:
-    """1-based file line of the first row where `mask` is True (assumes one line per row)."""
-    return int(np.flatnonzero(mask)[0]) + 1 + int(header)
+def read_header(path: Path, fmt: TextFormat) -> list[str]:
+    """The column names on the header line of `path` (its first non-blank line)."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)  # a header line is short; the rest of the file is not needed
+    return _check_header(path, head.removeprefix(_BOM), {}, fmt, None)
 
 
-def _check_no_nulls(path: Path, table: pa.Table, header: list[str], fmt: TextFormat) -> None:
+def file_lines(path: Path, fmt: TextFormat, rows: np.ndarray) -> np.ndarray:
+    """1-based file lines of data rows `rows` (0-based, in file order, as `read_table` returned them).
+
+    Blank lines (which the reader skips) and quoted values spanning lines are counted, so the lines are the ones
+    an editor shows. Reads the file again: for error messages only.
+    """
+    return _row_lines(_record_lines(_raw_bytes(path), fmt.quoting), np.asarray(rows), fmt)
+
+
+def first_line(path: Path, mask: np.ndarray, fmt: TextFormat) -> int:
+    """1-based file line of the first row where `mask` is True."""
+    return int(file_lines(path, fmt, np.flatnonzero(mask)[:1])[0])
+
+
+def _row_lines(record_lines: np.ndarray, rows: np.ndarray, fmt: TextFormat) -> np.ndarray:
+    records = rows.astype(np.int64) + int(fmt.header)
+    if not len(record_lines):
+        return records + 1
+    found = records < len(record_lines)
+    # A stray, unbalanced quote can hide record ends from the mapping; fall back to one line per row there.
+    return np.where(found, record_lines[np.minimum(records, len(record_lines) - 1)], records + 1)
+
+
+def _record_lines(data: bytes, quoting: bool) -> np.ndarray:
+    """1-based file line on which each non-blank record starts (the header is record 0), as pyarrow counts them.
+
+    Line ends are `\\n`, `\\r\\n` or a lone `\\r`. With quoting, a line end after an odd number of `"` is inside a
+    quoted value and does not end the record (an escaped `""` counts twice, so the parity still holds).
+    """
+    buf = np.frombuffer(data, np.uint8)
+    n = len(buf)
+    lf = _positions(buf, ord("\n"))
+    cr = _positions(buf, ord("\r"))
+    if len(cr):
+        after = np.minimum(cr + 1, n - 1)
+        lone = cr[(cr + 1 >= n) | (buf[after] != ord("\n"))]
+        ends = np.union1d(lf, lone) if len(lone) else lf
+    else:
+        ends = lf
+    record_ends = ends
+    if quoting:
+        quotes = _positions(buf, ord('"'))
+        if len(quotes):
+            record_ends = ends[np.searchsorted(quotes, ends) % 2 == 0]
+    if not len(record_ends) or record_ends[-1] != n - 1:
+        record_ends = np.r_[record_ends, n]  # the last line has no line end
+    starts = np.r_[0, record_ends[:-1] + 1]
+    length = record_ends - starts
+    has_cr = (length > 0) & (buf[np.clip(record_ends - 1, 0, max(n - 1, 0))] == ord("\r"))
+    nonblank = length - has_cr > 0
+    lines = np.searchsorted(ends, starts) + 1
+    return lines[nonblank]
+
+
+def _positions(buf: np.ndarray, value: int, block: int = 1 << 26) -> np.ndarray:
+    """Offsets of `value` in `buf`, a block at a time (a whole-file boolean mask would be as big as the file)."""
+    parts = [np.flatnonzero(buf[i : i + block] == value) + i for i in range(0, len(buf), block)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def _line_of_offset(data: bytes, offset: int) -> int:
+    return (data.count(b"\n", 0, offset) or data.count(b"\r", 0, offset)) + 1
+
+
+def _check_complete(path: Path, data: bytes, table: pa.Table, header: list[str], fmt: TextFormat) -> None:
+    """Refuse empty values and NaN, which pyarrow reads without complaint."""
     for name in table.column_names:
         column = table.column(name)
         if column.null_count:
-            line = first_line(path, column.is_null().to_numpy(zero_copy_only=False), fmt.header)
-            raise DataError(
-                f"{path} line {line}, column {header.index(name) + 1} ({name}): empty value; "
-                "fill it in, or pass data.on_bad_rows=skip to drop such rows"
-            )
+            bad, problem = column.is_null(), "empty value; fill it in"
+        elif pa.types.is_floating(column.type) and pc.any(pc.is_nan(column)).as_py():
+            bad, problem = pc.is_nan(column), "NaN is not a number; fix the value"
+        else:
+            continue
+        index = np.flatnonzero(bad.to_numpy(zero_copy_only=False))[:1]
+        line = int(_row_lines(_record_lines(data, fmt.quoting), index, fmt)[0])
+        raise DataError(
+            f"{path} line {line}, column {header.index(name) + 1} ({name}): {problem}, "
+            "or pass data.on_bad_rows=skip to drop such rows"
+        )
 
 
-def _load_bytes(path: Path, fmt: TextFormat) -> bytes:
+def _raw_bytes(path: Path) -> bytes:
+    """The file's bytes, refusing what is not delimited text (missing, empty, compressed, binary)."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     data = path.read_bytes()
-    if not data.strip():
+    if not data or data.isspace():
         raise DataError(f"{path}: file is empty; re-download or re-extract the release")
-    if fmt.encoding.lower() not in ("utf-8", "utf8"):
+    for magic, kind, tool in _COMPRESSED:
+        if data.startswith(magic):
+            raise DataError(
+                f"{path}: this is a {kind}-compressed file, not text; decompress it ({tool} {path.name}) and point "
+                "at the extracted file"
+            )
+    if data.startswith(b"BZh") and data[3:4].isdigit():
+        raise DataError(f"{path}: this is a bzip2-compressed file, not text; decompress it (bunzip2 {path.name}) first")
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(f"{path}: this is UTF-16 text; save it again as UTF-8 (\"CSV UTF-8\" in spreadsheet programs)")
+    if b"\x00" in data[:8192]:
+        raise DataError(f"{path}: holds binary data (NUL bytes), not delimited text; is it the right file?")
+    return data
+
+
+def _load_bytes(path: Path, fmt: TextFormat) -> bytes:
+    """The file as UTF-8 bytes with single-character delimiters, ready for pyarrow."""
+    data = _raw_bytes(path)
+    data = data.removeprefix(_BOM)
+    if fmt.encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
+        data = _as_utf8(path, data)
+    else:
         data = data.decode(fmt.encoding).encode("utf-8")
     if fmt.multi_char_delimiter:
         data = data.replace(fmt.multi_char_delimiter.encode(), fmt.delimiter.encode())
     return data
+
+
+def _as_utf8(path: Path, data: bytes) -> bytes:
+    """`data` if it is valid UTF-8, else `data` read as Latin-1 (re-encoded as UTF-8), with a warning."""
+    offsets = pa.py_buffer(np.array([0, len(data)], np.int64).tobytes())
+    try:  # pyarrow checks UTF-8 at memory speed, without making a Python string of the whole file
+        pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(data)]).validate(full=True)
+        return data
+    except pa.ArrowInvalid:
+        pass
+    try:
+        data.decode("utf-8")
+        return data
+    except UnicodeDecodeError as err:
+        start = err.start
+    log.warning(
+        "%s line %d: not valid UTF-8 (byte 0x%02X), which MovieLens CSV files are; reading the file as Latin-1, "
+        "the encoding of MovieLens' older releases. If titles look wrong, save the file again as UTF-8",
+        path, _line_of_offset(data, start), data[start],
+    )  # fmt: skip
+    return data.decode("latin-1").encode("utf-8")
 
 
 def _check_header(
@@ -136,19 +277,22 @@ def _check_header(
 ) -> list[str]:
     if names is not None:
         return names
-    header = data.split(b"\n", 1)[0].decode("utf-8", "replace").strip().split(fmt.delimiter)
+    text = data.lstrip(b"\r\n")  # pyarrow skips blank lines before the header too
+    line = _line_of_offset(data, len(data) - len(text))
+    end = _LINE_END.search(text)
+    header = text[: end.start() if end else len(text)].decode("utf-8", "replace").split(fmt.delimiter)
     header = [h.strip().strip('"') for h in header]
     missing = [c for c in columns if c not in header]
     if missing:
         raise DataError(
-            f"{path} line 1: missing column {', '.join(missing)} (header is {','.join(header)}); "
+            f"{path} line {line}: missing column {', '.join(missing)} (header is {','.join(header)}); "
             f"expected columns {','.join(columns)}"
         )
     return header
 
 
 def _invalid_rows(path: Path, data: bytes, fmt: TextFormat, names: list[str] | None) -> tuple[pa.Table, list]:
-    """Read every column as text, single-threaded so that bad rows come with their line numbers."""
+    """Read every column as text, single-threaded so that bad rows come with their record numbers."""
     invalid: list[pacsv.InvalidRow] = []
 
     def handler(row: pacsv.InvalidRow) -> str:
@@ -187,20 +331,22 @@ def _raise_first_problem(
     path: Path, data: bytes, columns: dict[str, pa.DataType], fmt: TextFormat, names: list[str] | None, header
 ) -> None:
     text, invalid = _invalid_rows(path, data, fmt, names)
+    lines = _record_lines(data, fmt.quoting)
     if invalid:
         row = invalid[0]
-        line = row.number if row.number is not None else "?"
+        # pyarrow numbers records from 1, header included, skipping blank lines: record n is lines[n - 1]
+        line = int(lines[row.number - 1]) if row.number is not None and row.number <= len(lines) else "?"
         raise DataError(
             f"{path} line {line}: expected {row.expected_columns} columns, got {row.actual_columns} "
             f"(truncated or malformed line: {row.text[:80]!r}); fix or delete the line, or pass "
             "data.on_bad_rows=skip"
         )
     for name, bad, kind in _value_problems(text, columns):
-        index = int(np.flatnonzero(bad)[0])
-        value = text.column(name)[index].as_py()
+        index = np.flatnonzero(bad)[:1]
+        value = text.column(name)[int(index[0])].as_py()
         col = header.index(name) + 1
         raise DataError(
-            f"{path} line {index + 1 + int(fmt.header)}, column {col} ({name}): {value!r} is not {kind}; "
+            f"{path} line {int(_row_lines(lines, index, fmt)[0])}, column {col} ({name}): {value!r} is not {kind}; "
             "fix the value, or pass data.on_bad_rows=skip to drop such rows"
         )
     raise DataError(f"{path}: could not be parsed as {'::' if fmt.multi_char_delimiter else fmt.delimiter!r}-separated text")

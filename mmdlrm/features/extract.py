@@ -3,6 +3,11 @@
 `extract` is resumable (movies already in the store are skipped) and tolerant: an image that cannot be read is
 reported by file name and stored as missing. `ensure_features` is what training calls: it makes the store for
 the run's data on first use, on rank 0.
+
+A store is keyed on its inputs' content, not only their paths: `input_fingerprint` digests the poster files (name,
+size, mtime_ns of each, and the posters CSV itself), the summaries CSV and the release's catalogue files (size,
+mtime_ns). A fixed poster or an edited summaries.csv gives a new store folder under the cache; an explicit
+`features.store` records the fingerprint in its manifest and is refused once its inputs have changed.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +28,7 @@ from tqdm import tqdm
 from mmdlrm.config import SYNTHETIC, DataConfig, FeatureConfig
 from mmdlrm.features.encoders import FeatureError, ImageEncoder, TextEncoder, build_encoders
 from mmdlrm.features.inputs import catalogue_texts, read_posters, read_summaries
-from mmdlrm.features.store import StoreHeader, is_complete, mark_complete, open_store, write_part
+from mmdlrm.features.store import StoreHeader, check_inputs, is_complete, mark_complete, open_store, write_part
 
 log = logging.getLogger("mmdlrm")
 
@@ -73,8 +79,17 @@ def extract(
     fallback: dict[int, str],
     device: torch.device,
     progress: bool = True,
+    inputs: dict[str, str | None] | None = None,
 ) -> ExtractReport:
-    """Encode the posters and texts of `movie_ids` into `store`, skipping movies it already holds."""
+    """Encode the posters and texts of `movie_ids` into `store`, skipping movies it already holds.
+
+    Args:
+        inputs: the `input_fingerprint` of what posters, summaries and fallback came from, recorded in (or checked
+            against) the store's manifest; None records nothing.
+
+    Raises:
+        FeatureError: the store holds vectors from other encoders, or from other inputs.
+    """
     store = Path(store)
     image_encoder, text_encoder = build_encoders(cfg, device, images=bool(posters), texts=True)
     header = StoreHeader(
@@ -83,7 +98,7 @@ def extract(
         text_model=text_encoder.name,
         text_dim=text_encoder.dim,
     )
-    done = open_store(store, header)
+    done = open_store(store, header, inputs)
     todo = [m for m in movie_ids if m not in done]
     report = ExtractReport(store, skipped=len(movie_ids) - len(todo))
     if report.skipped:
@@ -167,20 +182,66 @@ def feature_inputs(cfg: FeatureConfig, release: Path, synthetic: bool) -> tuple[
     return posters, summaries
 
 
+def input_fingerprint(cfg: FeatureConfig, data: DataConfig, release: Path) -> dict[str, str | None]:
+    """Digests of the store's inputs ("posters", "summaries", "catalogue"); None where an input is not given.
+
+    Stats only (no file is read but a posters CSV): a changed file changes its size or mtime_ns.
+    """
+    posters, summaries = feature_inputs(cfg, release, data.source == SYNTHETIC)
+    catalogue = [release / "movies.csv", release / "tags.csv"]
+    return {
+        "posters": _posters_digest(Path(posters)) if posters else None,
+        "summaries": _digest([_stat(Path(summaries))]) if summaries else None,
+        "catalogue": _digest([_stat(f) for f in catalogue]),
+    }
+
+
+def _posters_digest(source: Path) -> str:
+    images = read_posters(source)  # a folder's <movieId>.<ext> files, or the files a CSV lists
+    entries = [[movie, *_stat(path)] for movie, path in sorted(images.items())]
+    return _digest([_stat(source) if source.is_file() else None, entries])
+
+
+def _stat(path: Path) -> list:
+    """[name, size, mtime_ns], or [name, None, None] for a file that is not there."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return [path.name, None, None]
+    return [path.name, st.st_size, st.st_mtime_ns]
+
+
+def _digest(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def store_path(cfg: FeatureConfig, data: DataConfig, release: Path) -> Path:
-    """The store folder: `features.store`, or one under the cache named by release and encoder settings."""
+    """The store folder: `features.store`, or one under the cache named by release, inputs and encoder settings.
+
+    The cache name includes `input_fingerprint`, so changed posters or summaries get a new store.
+    """
     if cfg.store:
         return Path(cfg.store)
+    return _cache_path(cfg, data, release, input_fingerprint(cfg, data, release))
+
+
+def _cache_path(cfg: FeatureConfig, data: DataConfig, release: Path, inputs: dict[str, str | None]) -> Path:
     posters, summaries = feature_inputs(cfg, release, data.source == SYNTHETIC)
     settings = {"release": str(release.resolve()), "posters": posters, "summaries": summaries, "text": cfg.text_encoder,
-                "clip": [cfg.clip_model, cfg.clip_pretrained, cfg.clip_model_config]}  # fmt: skip
+                "clip": [cfg.clip_model, cfg.clip_pretrained, cfg.clip_model_config], "inputs": inputs}  # fmt: skip
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     return Path(data.cache_dir) / "features" / f"{release.name}-{key}"
 
 
 def ensure_features(cfg: FeatureConfig, data: DataConfig, release: Path, movie_ids: list[int], device, progress: bool) -> Path:
-    """The complete store for this run's movies, extracting it first if needed (call on one rank)."""
-    store = store_path(cfg, data, release)
+    """The complete store for this run's movies, extracting it first if needed (call on one rank).
+
+    Raises:
+        FeatureError: no posters for an image modality, or an explicit `features.store` made from other inputs.
+    """
+    inputs = input_fingerprint(cfg, data, release)
+    store = Path(cfg.store) if cfg.store else _cache_path(cfg, data, release, inputs)
+    check_inputs(store, inputs)
     if is_complete(store):
         return store
     posters_source, summaries_source = feature_inputs(cfg, release, data.source == SYNTHETIC)
@@ -188,7 +249,7 @@ def ensure_features(cfg: FeatureConfig, data: DataConfig, release: Path, movie_i
         raise FeatureError("features.modalities uses images but no posters are given; set features.posters=<folder or CSV>")
     posters = read_posters(posters_source) if posters_source else {}
     summaries = read_summaries(summaries_source) if summaries_source else {}
-    report = extract(cfg, store, movie_ids, posters, summaries, catalogue_texts(release), device, progress)
+    report = extract(cfg, store, movie_ids, posters, summaries, catalogue_texts(release), device, progress, inputs)
     log.info(
         "features: %d movies encoded into %s (%d without a poster, %d unreadable, %d texts from the catalogue)",
         report.encoded, store, report.missing_posters, len(report.unreadable), report.catalogue_texts,

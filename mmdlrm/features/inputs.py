@@ -4,12 +4,20 @@ Inputs take the shapes of the reference notebook: a folder of `<movieId>.jpg` im
 (movieId, path), and a `summaries.csv` (movieId, summary). Small adapters turn public sources into that CSV:
 TMDB's `overview` (joined through MovieLens `links.csv` tmdbId), MeLU's ml-1m plots, DBpedia abstracts.
 Movies without a summary get one built from MovieLens itself: title, genres and the most frequent tags.
+
+CSV inputs are UTF-8 with a header line (a byte-order mark is fine); as for the releases (`mmdlrm.data.tables`), a
+file that is not valid UTF-8 is read as Latin-1 with a warning naming the file and line. Their header is checked
+before pyarrow reads them, so a missing column is named with the header found; a value pyarrow cannot read is
+found again with Python's csv module (this path only), so the error names the file line even where a quoted
+summary spans lines.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import logging
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,6 +25,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from mmdlrm.features.encoders import FeatureError
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 PATH_COLUMNS = ("path", "poster", "file", "filename", "poster_path")
@@ -28,8 +38,8 @@ def read_posters(source: str | Path) -> dict[int, Path]:
     source = Path(source)
     if source.is_dir():
         return {int(p.stem): p for p in sorted(source.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.stem.isdigit()}
-    table = _read_csv(source)
-    column = _pick(source, table, PATH_COLUMNS)
+    column = _pick(source, PATH_COLUMNS, "movieId,path")
+    table = _read_csv(source, {"movieId": pa.int64(), column: pa.string()}, ["movieId", column])
     paths = table[column].to_pylist()
     return {int(m): (source.parent / p) for m, p in zip(table["movieId"].to_pylist(), paths) if p}
 
@@ -37,8 +47,8 @@ def read_posters(source: str | Path) -> dict[int, Path]:
 def read_summaries(source: str | Path) -> dict[int, str]:
     """movieId -> summary text, from a CSV with movieId and summary (or overview / plot / text)."""
     source = Path(source)
-    table = _read_csv(source)
-    column = _pick(source, table, TEXT_COLUMNS)
+    column = _pick(source, TEXT_COLUMNS, "movieId,summary")
+    table = _read_csv(source, {"movieId": pa.int64(), column: pa.string()}, ["movieId", column])
     return {int(m): t.strip() for m, t in zip(table["movieId"].to_pylist(), table[column].to_pylist()) if t and t.strip()}
 
 
@@ -112,24 +122,83 @@ def catalogue_texts(release: str | Path, top_tags: int = 5) -> dict[int, str]:
     return out
 
 
-def _read_csv(path: Path, types: dict | None = None, columns: list[str] | None = None) -> pa.Table:
-    if not path.is_file():
-        raise FeatureError(f"{path}: no such file")
+def _read_csv(path: Path, types: dict[str, pa.DataType] | None = None, columns: list[str] | None = None) -> pa.Table:
+    """Read `columns` (all, if None) of a CSV with a header, `types` fixing some of their types."""
+    types = types or {"movieId": pa.int64()}
+    line, header = _header(path)
+    missing = [c for c in dict.fromkeys([*types, *(columns or [])]) if c not in header]
+    if missing:
+        raise FeatureError(
+            f"{path} line {line}: no {', '.join(missing)} column (header is {','.join(header)}); the first line "
+            f"must name the columns, {', '.join(missing)} among them"
+        )
+    data = _utf8(path, path.read_bytes())
     try:
         return pacsv.read_csv(
-            path,
+            pa.BufferReader(data),
             parse_options=pacsv.ParseOptions(newlines_in_values=True),
-            convert_options=pacsv.ConvertOptions(column_types=types or {"movieId": pa.int64()}, include_columns=columns),
+            convert_options=pacsv.ConvertOptions(column_types=types, include_columns=columns),
         )
-    except (pa.ArrowInvalid, KeyError) as err:
-        raise FeatureError(f"{path}: cannot read it as CSV with a movieId column ({err})") from None
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowKeyError) as err:
+        raise FeatureError(_first_bad_line(path, data, header, types) or f"{path}: cannot read it as CSV ({err})") from None
 
 
-def _pick(path: Path, table: pa.Table, candidates: tuple[str, ...]) -> str:
+def _utf8(path: Path, data: bytes) -> bytes:
+    """`data` if it is UTF-8, else read as Latin-1 and re-encoded, with a warning naming the first bad line."""
+    try:
+        data.decode("utf-8")
+        return data
+    except UnicodeDecodeError as err:
+        log.warning(
+            "%s line %d: not valid UTF-8 (byte 0x%02X); reading the file as Latin-1. If its text looks wrong, save "
+            "it again as UTF-8", path, data.count(b"\n", 0, err.start) + 1, data[err.start],
+        )  # fmt: skip
+        return data.decode("latin-1").encode("utf-8")
+
+
+def _header(path: Path) -> tuple[int, list[str]]:
+    """(1-based line, column names) of the first non-blank line of a CSV file."""
+    if not path.is_file():
+        raise FeatureError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        start = f.read(4)
+    for magic, kind in ((b"\x1f\x8b", "gzip"), (b"PK\x03\x04", "zip")):
+        if start.startswith(magic):
+            raise FeatureError(f"{path}: this is a {kind}-compressed file, not CSV text; decompress it first")
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+        reader = csv.reader(f)
+        for row in reader:
+            if row:
+                return reader.line_num, row  # as pyarrow reads it: quotes removed, spaces kept
+    raise FeatureError(f"{path}: the file is empty; it needs a header line naming its columns, then one row per movie")
+
+
+def _first_bad_line(path: Path, data: bytes, header: list[str], types: dict[str, pa.DataType]) -> str | None:
+    """What is wrong with the first row pyarrow could not read, as `<file> line <n>: ...` (slow; errors only)."""
+    integers = [(header.index(name), name) for name, dtype in types.items() if pa.types.is_integer(dtype)]
+    reader = csv.reader(io.StringIO(data.decode("utf-8-sig"), newline=""))
+    seen_header, end = False, 0
+    for row in reader:
+        line, end = end + 1, reader.line_num  # a quoted value may span lines: report the row's first one
+        if not row or not seen_header:
+            seen_header = seen_header or bool(row)
+            continue
+        if len(row) != len(header):
+            return f"{path} line {line}: expected {len(header)} fields, got {len(row)}; fix or delete the line"
+        for index, name in integers:
+            value = row[index].strip()
+            if not value.lstrip("+-").isdigit():
+                return f"{path} line {line}, column {index + 1} ({name}): {value!r} is not an integer; fix or delete the line"
+    return None
+
+
+def _pick(path: Path, candidates: tuple[str, ...], example: str) -> str:
+    """The first of `candidates` that the CSV's header names."""
+    line, header = _header(path)
     for name in candidates:
-        if name in table.column_names:
+        if name in header:
             return name
     raise FeatureError(
-        f"{path} line 1: no {' / '.join(candidates)} column (header is {','.join(table.column_names)}); "
-        f"name the column {candidates[0]}"
+        f"{path} line {line}: no {' / '.join(candidates)} column (header is {','.join(header)}); "
+        f"name the column {candidates[0]} (a header like {example})"
     )

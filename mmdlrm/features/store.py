@@ -3,8 +3,9 @@
 Columns: movieId, image and text (fixed-size float16 lists, L2-normalised), image_model and text_model (the
 encoder and weights tag), image_missing and text_missing, text_source (`summary` or `catalogue`). Parts are
 written whole or not at all (temporary name, then rename), so an interrupted extraction keeps every finished
-part and a rerun encodes only the movies no part holds. `manifest.json` names the encoders; vectors made by
-other encoders are never mixed into one store.
+part and a rerun encodes only the movies no part holds. `manifest.json` names the encoders and the fingerprint of
+the inputs (posters, summaries, catalogue; see `extract.input_fingerprint`); vectors made by other encoders or
+from other inputs are never mixed into one store.
 """
 
 from __future__ import annotations
@@ -34,11 +35,11 @@ class StoreHeader:
     text_dim: int
 
 
-def open_store(folder: str | Path, header: StoreHeader) -> set[int]:
-    """Create `folder` for `header`, or reopen it; returns the movie ids already stored.
+def open_store(folder: str | Path, header: StoreHeader, inputs: dict[str, str | None] | None = None) -> set[int]:
+    """Create `folder` for `header` (and `inputs`, a fingerprint), or reopen it; returns the movie ids already stored.
 
     Raises:
-        FeatureError: the folder holds vectors from other encoders.
+        FeatureError: the folder holds vectors from other encoders, or from other inputs.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -51,9 +52,34 @@ def open_store(folder: str | Path, header: StoreHeader) -> set[int]:
                 f"{folder} holds vectors from {found.get('image_model')} / {found.get('text_model')}, not "
                 f"{header.image_model} / {header.text_model}; delete it or set features.store to another folder"
             )
+        check_inputs(folder, inputs)
     else:
-        path.write_text(json.dumps({**wanted, "complete": False}, indent=2) + "\n")
+        record = {"inputs": inputs} if inputs is not None else {}
+        path.write_text(json.dumps({**wanted, **record, "complete": False}, indent=2) + "\n")
     return set(stored_movie_ids(folder))
+
+
+def check_inputs(folder: str | Path, inputs: dict[str, str | None] | None) -> None:
+    """Refuse a store made from other inputs than `inputs` (a fingerprint; None checks nothing).
+
+    Raises:
+        FeatureError: the store records other inputs, or none (made before stores recorded them).
+    """
+    path = Path(folder) / MANIFEST
+    if inputs is None or not path.is_file():
+        return
+    found = json.loads(path.read_text()).get("inputs")
+    if found == inputs:
+        return
+    if found is None:
+        what = "does not record the posters and summaries it was made from (an older store)"
+    else:
+        changed = [name for name in inputs if found.get(name) != inputs[name]]
+        what = f"was made from other inputs: {', '.join(changed)} changed since"
+    raise FeatureError(
+        f"{folder}: this feature store {what}; delete the folder to encode the current ones, or point "
+        "features.store at another folder"
+    )
 
 
 def stored_movie_ids(folder: str | Path) -> list[int]:
@@ -106,8 +132,16 @@ def load_vectors(folder: str | Path, movie_ids: np.ndarray, modality: str) -> Mo
     """The store's `modality` vectors for `movie_ids` (raw MovieLens ids, in contiguous-id order).
 
     Movies the store lacks, or whose input was missing, are flagged missing (their vector is zero).
+
+    Raises:
+        FeatureError: no store at `folder`, or an empty one.
     """
     folder = Path(folder)
+    if not (folder / MANIFEST).is_file():
+        raise FeatureError(
+            f"{folder}: no feature store here; run `mmdlrm features clip --config <config>` (posters or summaries "
+            "changed since the run trained give a new store)"
+        )
     manifest = json.loads((folder / MANIFEST).read_text())
     parts = _parts(folder)
     if not parts:

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import pytest
 
 from mmdlrm.features.encoders import FeatureError
-from mmdlrm.features.inputs import (catalogue_texts, dbpedia_abstracts, melu_plots, read_posters, read_summaries,
-                                    tmdb_overviews, write_summaries)  # fmt: skip
+from mmdlrm.features.inputs import (
+    catalogue_texts,
+    dbpedia_abstracts,
+    melu_plots,
+    read_posters,
+    read_summaries,
+    tmdb_overviews,  # fmt: skip
+    write_summaries,
+)
 from tests.conftest import shared
 
 
@@ -70,3 +78,42 @@ def test_real_sources_cover_most_of_ml_latest_small():
     covered = movies & (set(tmdb) | set(melu) | set(dbpedia))
     assert len(movies) == 9742 and 5300 <= len(covered) <= 5500  # the data README says 5,417
     assert "Andy" in melu[1] and len(read_posters(data / "ml-1m-posters")) >= 3800
+
+
+@pytest.mark.parametrize(
+    "reader, text, missing",
+    [(read_summaries, "id,summary\n1,hi\n", "movieId"),
+     (read_posters, "id,path\n1,img/1.jpg\n", "movieId")],
+    ids=["summaries", "posters"],
+)  # fmt: skip
+def test_csv_without_a_movie_id_column_names_file_line_header_and_fix(tmp_path, reader, text, missing):
+    (tmp_path / "in.csv").write_text(text)
+    header = text.split("\n")[0]
+    with pytest.raises(FeatureError, match=rf"in.csv line 1: no {missing} column \(header is {header}\); the first line must name"):
+        reader(tmp_path / "in.csv")
+
+
+def test_posters_csv_without_a_path_column_names_the_fix(tmp_path):
+    (tmp_path / "p.csv").write_text("movieId,image_url\n1,http://x\n")
+    with pytest.raises(FeatureError, match=r"p.csv line 1: no path / poster / .* column \(header is movieId,image_url\); name the column path"):
+        read_posters(tmp_path / "p.csv")
+
+
+def test_a_bad_movie_id_is_reported_at_its_file_line_after_a_multiline_summary(tmp_path):
+    (tmp_path / "s.csv").write_text('movieId,summary\n1,"two\nlines"\n\nseven,"x"\n')
+    with pytest.raises(FeatureError, match=r"s.csv line 5, column 1 \(movieId\): 'seven' is not an integer"):
+        read_summaries(tmp_path / "s.csv")
+
+
+def test_summaries_with_a_byte_order_mark_or_in_latin1_are_read(tmp_path, caplog):
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbfmovieId,summary\n1,Plain.\n")
+    assert read_summaries(tmp_path / "bom.csv") == {1: "Plain."}
+    (tmp_path / "latin1.csv").write_bytes("movieId,summary\n1,Plain.\n2,Caf\u00e9 society.\n".encode("latin-1"))
+    assert read_summaries(tmp_path / "latin1.csv") == {1: "Plain.", 2: "Caf\u00e9 society."}
+    assert "latin1.csv line 3: not valid UTF-8 (byte 0xE9)" in caplog.text
+
+
+def test_a_compressed_summaries_file_is_named_as_such(tmp_path):
+    (tmp_path / "s.csv").write_bytes(gzip.compress(b"movieId,summary\n1,x\n"))
+    with pytest.raises(FeatureError, match="s.csv: this is a gzip-compressed file, not CSV text; decompress it first"):
+        read_summaries(tmp_path / "s.csv")

@@ -1,0 +1,87 @@
+"""A feature store follows its inputs: changed posters or summaries give a new store, or a clear error."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from mmdlrm.config import DataConfig
+from mmdlrm.features.encoders import FeatureError
+from mmdlrm.features.extract import ensure_features, input_fingerprint, store_path
+from mmdlrm.features.store import load_vectors
+
+MOVIES = 6
+
+
+@pytest.fixture()
+def setup(tiny_clip_config, tiny_release, tmp_path):
+    """Configs reading copies of the tiny release's posters and summaries, and the movies to encode."""
+    shutil.copytree(tiny_release / "posters", tmp_path / "posters")
+    shutil.copy(tiny_release / "summaries.csv", tmp_path / "summaries.csv")
+    cfg = dataclasses.replace(tiny_clip_config, posters=str(tmp_path / "posters"), summaries=str(tmp_path / "summaries.csv"))
+    data = DataConfig(source=str(tiny_release), cache_dir=str(tmp_path / "cache"))
+    movie_ids = sorted(int(p.stem) for p in (tmp_path / "posters").iterdir())[:MOVIES]
+    return cfg, data, tiny_release, movie_ids
+
+
+def _ensure(cfg, data, release, movie_ids):
+    return ensure_features(cfg, data, release, movie_ids, torch.device("cpu"), progress=False)
+
+
+def _fix_poster(path) -> None:
+    """Replace a poster with another image, as someone fixing a broken one would."""
+    Image.new("RGB", (40, 60), "blue").save(path)
+    os.utime(path, ns=(1, 1))  # and a different time, even on a coarse-clocked file system
+
+
+def _poster(cfg, movie: int) -> Path:
+    return next(Path(cfg.posters).glob(f"{movie}.*"))
+
+
+def test_a_changed_poster_gives_a_new_store_and_unchanged_inputs_reuse_it(setup):
+    cfg, data, release, movie_ids = setup
+    first = _ensure(cfg, data, release, movie_ids)
+    stamp = (first / "manifest.json").stat().st_mtime_ns
+    assert _ensure(cfg, data, release, movie_ids) == first == store_path(cfg, data, release)
+    assert (first / "manifest.json").stat().st_mtime_ns == stamp, "unchanged inputs: the store is reused"
+
+    _fix_poster(_poster(cfg, movie_ids[0]))
+    second = _ensure(cfg, data, release, movie_ids)
+    assert second != first and second == store_path(cfg, data, release)
+    old, new = (load_vectors(s, [movie_ids[0]], "image").vectors for s in (first, second))
+    assert not torch.equal(old, new), "the new store encodes the fixed poster"
+    assert json.loads((second / "manifest.json").read_text())["inputs"] == input_fingerprint(cfg, data, release)
+
+
+def test_an_edited_summaries_file_changes_the_fingerprint_and_the_store(setup):
+    cfg, data, release, _ = setup
+    before, path = input_fingerprint(cfg, data, release), store_path(cfg, data, release)
+    with open(cfg.summaries, "a") as f:
+        f.write('999999,"A new film."\n')
+    after = input_fingerprint(cfg, data, release)
+    assert after["summaries"] != before["summaries"] and after["posters"] == before["posters"]
+    assert store_path(cfg, data, release) != path
+
+
+def test_an_explicit_store_made_from_other_inputs_is_refused(setup, tmp_path):
+    cfg, data, release, movie_ids = setup
+    cfg = dataclasses.replace(cfg, store=str(tmp_path / "explicit"))
+    assert _ensure(cfg, data, release, movie_ids) == tmp_path / "explicit"
+    assert _ensure(cfg, data, release, movie_ids) == tmp_path / "explicit"  # same inputs: reused
+    _fix_poster(_poster(cfg, movie_ids[0]))
+    with pytest.raises(FeatureError, match=r"explicit: this feature store was made from other inputs: posters changed "
+                                           r"since; delete the folder .* or point features.store at another folder"):  # fmt: skip
+        _ensure(cfg, data, release, movie_ids)
+    assert (tmp_path / "explicit" / "manifest.json").is_file(), "the store is left as it was"
+
+
+def test_loading_a_store_that_is_not_there_says_how_to_make_it(tmp_path):
+    with pytest.raises(FeatureError, match="no feature store here; run `mmdlrm features clip"):
+        load_vectors(tmp_path / "nothing", [1], "image")
