@@ -68,9 +68,11 @@ def main() -> None:
             for setting in settings:
                 setting = {"plan": None, "pipeline": False, "clip": clip, "config": config} | setting
                 ranks = bench_sharding.measure(setting, str(prepared), config, size["sharding_steps"])
-                rows.append({**setting, "samples_per_s": min(r["samples_per_s"] for r in ranks), "ranks": ranks,
-                             "step_ms": max(r["step_ms"] for r in ranks),
-                             "communication_ms": max(r["communication_ms"] for r in ranks)})  # fmt: skip
+                row = {**setting, "samples_per_s": min(r["samples_per_s"] for r in ranks), "ranks": ranks,
+                       "step_ms": max(r["step_ms"] for r in ranks)}  # fmt: skip
+                if setting["world"] > 1:
+                    row["communication_ms"] = max(r["communication_ms"] for r in ranks)
+                rows.append(row)
             for row in rows:
                 row["vs_1_process"] = row["samples_per_s"] / rows[0]["samples_per_s"]
             scaling += rows

@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchrec.models.dlrm import DenseArch, InteractionArch, OverArch
 
-from mmdlrm.data.batches import DENSE_FEATURES
+from mmdlrm.schema import DENSE_FEATURES
 
 
 class PlainDLRM(nn.Module):

@@ -26,12 +26,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import bench_training  # noqa: E402
 from benchmarks.common import print_table, timed, write_json  # noqa: E402
-from mmdlrm.config import SyntheticConfig  # noqa: E402
-from mmdlrm.data.batches import SPARSE_FEATURES, BatchBuilder, SplitRows  # noqa: E402
+from mmdlrm.config import ModelConfig, SyntheticConfig  # noqa: E402
+from mmdlrm.data.batches import BatchBuilder, SplitRows  # noqa: E402
 from mmdlrm.data.movielens import read_release  # noqa: E402
 from mmdlrm.data.prepare import load_prepared, prepare  # noqa: E402
 from mmdlrm.data.synthetic import generate  # noqa: E402
 from mmdlrm.distributed.env import init_distributed, teardown  # noqa: E402
+from mmdlrm.schema import SPARSE_FEATURES  # noqa: E402
 
 
 def bench_prepare(release_dir: Path, out_dir: Path) -> dict:
@@ -69,7 +70,7 @@ def per_row_batch(data, rows: dict[str, np.ndarray], index: np.ndarray):
 
 
 def bench_batches(data, batch_size: int, steps: int, loop_rows: int) -> dict:
-    builder = BatchBuilder(data, 5)
+    builder = BatchBuilder(data, ModelConfig(year_bucket_years=5))
     rows = SplitRows.from_prepared(data, "train")
     generator = torch.Generator().manual_seed(0)
     indices = [torch.randint(len(rows), (batch_size,), generator=generator) for _ in range(steps)]

@@ -37,6 +37,7 @@ from mmdlrm.data.batches import BatchBuilder, SplitRows  # noqa: E402
 from mmdlrm.data.prepare import ensure_prepared, load_prepared  # noqa: E402
 from mmdlrm.distributed.env import init_distributed, teardown  # noqa: E402
 from mmdlrm.distributed.sharding import EMBEDDING_PARAM, supported_sharding_types  # noqa: E402
+from mmdlrm.tasks import build_task  # noqa: E402
 from mmdlrm.train import build_model, training_steps  # noqa: E402
 
 MiB = 2**20
@@ -67,8 +68,8 @@ def worker(rank: int, world_size: int, store: str, setting: dict, prepared: str,
         cfg = load_config(config, overrides)
         data = load_prepared(prepared)
         content = random_content(data.num_movies) if setting.get("clip") else {}
-        sharded = build_model(cfg, data, env, content=content)
-        builder = BatchBuilder(data, cfg.model.year_bucket_years)
+        sharded = build_model(cfg, data, env, build_task(cfg.model, cfg.eval), content=content)
+        builder = BatchBuilder(data, cfg.model)
         rows = SplitRows.from_prepared(data, "train")
         generator = torch.Generator().manual_seed(0)
         local = cfg.train.batch_size // world_size
@@ -88,15 +89,14 @@ def worker(rank: int, world_size: int, store: str, setting: dict, prepared: str,
         run(steps)
         dist.barrier()
         seconds = time.perf_counter() - start
-        comm_ms = communication_ms(lambda: run(5), 5) if world_size > 1 else 0.0
         report = {
             "rank": rank,
             "seconds": seconds,
             "samples_per_s": steps * cfg.train.batch_size / seconds,
             "step_ms": 1000 * seconds / steps,
-            "communication_ms": comm_ms,
             "estimated_table_mib": sharded.estimated_bytes[rank] / MiB,
             "measured_table_mib": _table_bytes(sharded.model, sharded.optimizer) / MiB,
+            **({"communication_ms": communication_ms(lambda: run(5), 5)} if world_size > 1 else {}),  # one process: none
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MiB,
             "plan": {name: str(p.sharding_type) for module in sharded.plan.plan.values() for name, p in module.items()},
         }

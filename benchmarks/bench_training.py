@@ -26,10 +26,12 @@ import torch
 
 from benchmarks.baselines import NotebookModel, PlainDLRM, notebook_loader, notebook_step, plain_step
 from mmdlrm.config import load_config
-from mmdlrm.data.batches import BatchBuilder, BatchLoader, SplitRows, num_year_buckets
+from mmdlrm.data.batches import BatchBuilder, BatchLoader, SplitRows
 from mmdlrm.distributed.env import init_distributed, teardown
-from mmdlrm.evaluation.ranking import score_movies, top_k
+from mmdlrm.evaluation.ranking import model_scorer, top_k
 from mmdlrm.features.store import MovieVectors
+from mmdlrm.schema import num_year_buckets
+from mmdlrm.tasks import build_task
 from mmdlrm.train import build_model
 
 CLIP_DIMS = {"image": 512, "text": 384}
@@ -91,9 +93,9 @@ def race(contestants: list[Contestant], steps: int, repeats: int) -> dict[str, f
 
 def mmdlrm_contestant(config: str, data, env, steps: int, clip: bool, sparse_optimizer: str = "rowwise_adagrad") -> Contestant:
     cfg = load_config(config, ["train.device=cpu", f"sharding.sparse_optimizer={sparse_optimizer}"])
-    sharded = build_model(cfg, data, env, content=random_content(data.num_movies) if clip else {})
+    sharded = build_model(cfg, data, env, build_task(cfg.model, cfg.eval), content=random_content(data.num_movies) if clip else {})
     model, optimizer = sharded.model, sharded.optimizer
-    builder = BatchBuilder(data, cfg.model.year_bucket_years)
+    builder = BatchBuilder(data, cfg.model)
     batches, input_s = _batches(data, builder, cfg.train.batch_size, min(steps, 30))
     parts: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": []}
 
@@ -121,7 +123,7 @@ def mmdlrm_contestant(config: str, data, env, steps: int, clip: bool, sparse_opt
 def plain_contestant(config: str, data, steps: int) -> Contestant:
     cfg = load_config(config)
     torch.manual_seed(0)
-    builder = BatchBuilder(data, cfg.model.year_bucket_years)
+    builder = BatchBuilder(data, cfg.model)
     sizes = {"user": data.num_users, "movie": data.num_movies, "genre": max(len(data.genres), 1),
              "year": num_year_buckets(cfg.model.year_bucket_years)}  # fmt: skip
     model = PlainDLRM(sizes, cfg.model.embedding_dim, cfg.model.dense_arch, cfg.model.over_arch)
@@ -180,9 +182,10 @@ def bench_inference(model, builder: BatchBuilder, data, batch_size: int, users: 
         seen += len(batch.labels)
     pairs_per_s = seen / (time.perf_counter() - start)
     latencies = []
+    scorer = model_scorer(model, builder, data.num_movies, torch.device("cpu"))
     for user in range(users):
         start = time.perf_counter()
-        top_k(score_movies(model, builder, user, data.num_movies), np.empty(0, np.int64), 10)
+        top_k(scorer(torch.tensor([user]))[0], np.empty(0, np.int64), 10)
         latencies.append(time.perf_counter() - start)
     model.train()
     return {"pairs_per_s": pairs_per_s, "top10_ms": 1000 * statistics.median(latencies), "movies": data.num_movies}

@@ -14,6 +14,8 @@ import torchx
 import torchx.specs as specs
 from torchx.components.dist import ddp
 
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
 
 def train(
     *overrides: str,
@@ -27,6 +29,7 @@ def train(
     name: str = "mmdlrm/train",
     max_retries: int = 0,
     rdzv_port: int = 29500,
+    venv: str = ".venv",
 ) -> specs.AppDef:
     """Train mmdlrm with torchrun on `j` = {nodes}x{processes per node}; tables are sharded over all of them.
 
@@ -42,9 +45,11 @@ def train(
         name: {experiment}/{run} name for the scheduler
         max_retries: scheduler retries; a retried job resumes from its last checkpoint
         rdzv_port: c10d rendezvous port on the first node (multi-node jobs)
+        venv: the virtual environment setup.sh made, relative to the image / working directory; its bin/ goes first
+            on PATH, so torchrun and mmdlrm are found without activating it
     """
     return ddp(
         "train", "--config", config, *overrides,
         m="mmdlrm", image=image, name=name, h=h, cpu=cpu, gpu=gpu, memMB=memMB, j=j,
-        max_retries=max_retries, rdzv_port=rdzv_port,
+        max_retries=max_retries, rdzv_port=rdzv_port, env={"PATH": f"{venv}/bin:{SYSTEM_PATH}"},
     )  # fmt: skip

@@ -1,16 +1,15 @@
-"""Command line: synth | prepare | features | train | evaluate | export | inspect | recommend | report.
+"""Command line: synth | prepare | features | train | sweep | evaluate | export | inspect | recommend | report.
 
 The only place that reads argv.
 
-Every knob is a config field: `key=value` overrides after the options (e.g. `train.batch_size=1024`). The few
-options below are shorthands for the fields they name.
+Every knob is a config field: `key=value` overrides after the options (e.g. `train.batch_size=1024`,
+`data.split=temporal`, `data.synthetic.num_ratings=25000000`); options only name files, runs and ids.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -24,30 +23,23 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmdlrm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    synth = sub.add_parser("synth", help="write a synthetic release in ml-25m CSV format (data.synthetic.*)")
+    synth = sub.add_parser("synth", help="write a synthetic release in ml-25m CSV format (sized by data.synthetic.*)")
     synth.add_argument("out", type=Path, help="folder to write ratings.csv, movies.csv, links.csv, tags.csv, truth.npz")
-    synth.add_argument("--users", type=int, help="data.synthetic.num_users")
-    synth.add_argument("--num-movies", type=int, help="data.synthetic.num_movies")
-    synth.add_argument("--ratings", type=int, help="data.synthetic.num_ratings (up to 25M and beyond)")
-    synth.add_argument("--seed", type=int, help="data.synthetic.seed")
-    synth.add_argument("--movies", type=str, help="data.synthetic.movies_csv: borrow titles and genres")
 
-    prepare = sub.add_parser("prepare", help="turn a MovieLens release folder into a prepared Parquet dataset")
+    prepare = sub.add_parser("prepare", help="turn a MovieLens release folder into a prepared Parquet dataset (data.*)")
     prepare.add_argument("source", type=Path, help="release folder (ml-25m, ml-1m, ml-100k, ...)")
-    prepare.add_argument("--out", type=Path, required=True, help="folder for the prepared dataset")
-    prepare.add_argument("--split", choices=["random", "temporal"], help="data.split")
-    prepare.add_argument("--seed", type=int, help="data.seed")
-    prepare.add_argument("--on-bad-rows", choices=["error", "skip"], help="data.on_bad_rows")
+    prepare.add_argument("--out", type=Path, required=True, help="folder for the prepared dataset (new, or one prepare wrote)")
 
     train = sub.add_parser("train", help="train, validate, early-stop, test beside the baselines, write plots")
+    sweep = sub.add_parser("sweep", help="train a grid of config overrides, choose on validation, tabulate")
+    sweep.add_argument("--grid", type=Path, required=True, help="YAML: dotted config key -> list of values to try")
+    sweep.add_argument("--name", help="the sweep's folder under output_dir (default: the grid file's name)")
     evaluate = sub.add_parser("evaluate", help="test a trained run's best checkpoint beside the baselines")
     evaluate.add_argument("run", type=Path, help="run folder (holds config.yaml and checkpoints/best)")
     features = sub.add_parser("features", help="movie content vectors: `clip` encodes, `summaries` gathers texts")
     features_sub = features.add_subparsers(dest="features_command", required=True)
-    clip = features_sub.add_parser("clip", help="encode each movie's poster and summary once into the feature store")
-    clip.add_argument("--posters", help="features.posters: folder of <movieId>.jpg, or CSV movieId,path")
-    clip.add_argument("--summaries", help="features.summaries: CSV movieId,summary")
-    clip.add_argument("--store", help="features.store: output folder")
+    clip = features_sub.add_parser("clip", help="encode each movie's poster and summary once into the feature store "
+                                   "(features.posters, features.summaries, features.store)")
     texts = features_sub.add_parser("summaries", help="write summaries.csv from TMDB / MeLU / DBpedia texts")
     texts.add_argument("--links", type=Path, help="MovieLens links.csv (joins TMDB ids)")
     texts.add_argument("--tmdb", type=Path, help="TMDB movies CSV with id and overview (needs --links)")
@@ -60,9 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     genres = inspect_sub.add_parser("genres", help="genre similarity heatmap, projection, nearest genres")
     movies = inspect_sub.add_parser("movies", help="nearest movies to one movie, by learnt embedding")
     movies.add_argument("--movie", type=int, required=True, help="MovieLens movieId")
-    movies.add_argument("-k", type=int, default=10)
-    ranking = inspect_sub.add_parser("ranking", help="Recall/NDCG/HitRate@10,20 on test users vs popularity")
-    ranking.add_argument("--users", type=int, default=500, help="test users sampled (full ranking for each)")
+    movies.add_argument("-k", type=_positive, default=10, help="how many movies")
+    ranking = inspect_sub.add_parser("ranking", help="Recall/NDCG/HitRate@10,20 on test users vs popularity and EASE")
+    ranking.add_argument("--users", type=_positive, default=500, help="test users sampled (full ranking for each)")
     for command in (genres, movies, ranking):
         command.add_argument("run", type=Path, help="run folder written by `mmdlrm train`")
     recommend = sub.add_parser("recommend", help="a user's top-k unseen movies, or a movie's nearest movies")
@@ -70,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     who = recommend.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", type=int, help="MovieLens userId")
     who.add_argument("--similar", type=int, metavar="MOVIE_ID", help="movies nearest to this movieId")
-    recommend.add_argument("-k", type=int, default=10)
+    recommend.add_argument("-k", type=_positive, default=10, help="how many movies")
     recommend.add_argument("--popular-if-unknown", action="store_true", help="most-rated movies for an unknown user")
 
     report = sub.add_parser("report", help="one self-contained HTML page for a run (<run>/report.html)")
@@ -80,21 +72,21 @@ def _parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="write a run's best model as one plain file (<run>/model.pt)")
     export.add_argument("run", type=Path, help="run folder written by `mmdlrm train`")
     export.add_argument("--out", type=Path, help="file to write (default <run>/model.pt)")
-    for command in (synth, prepare, train, evaluate, clip):
+    for command in (synth, prepare, train, sweep, evaluate, clip):
         command.add_argument("--config", type=Path, help="YAML config (see configs/)")
         command.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
     return parser
 
 
-def _shorthands(args: argparse.Namespace) -> list[str]:
-    fields = {
-        "users": "data.synthetic.num_users", "num_movies": "data.synthetic.num_movies",
-        "ratings": "data.synthetic.num_ratings", "movies": "data.synthetic.movies_csv",
-        "split": "data.split", "on_bad_rows": "data.on_bad_rows",
-        "seed": "data.synthetic.seed" if args.command == "synth" else "data.seed",
-        "posters": "features.posters", "summaries": "features.summaries", "store": "features.store",
-    }  # fmt: skip
-    return [f"{key}={getattr(args, name)}" for name, key in fields.items() if getattr(args, name, None) is not None]
+def _positive(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _quiet_libraries(rank: int) -> None:
@@ -112,14 +104,28 @@ def _quiet_libraries(rank: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; user errors print one line and return 2 instead of a traceback."""
-    args = _parser().parse_args(argv)
-    _quiet_libraries(rank=int(os.environ.get("RANK", 0)))
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse gives a positional list only the words before the first option: `prepare SRC --out DIR a=b`
+    # leaves `a=b` over. Overrides may come anywhere after the command.
+    if hasattr(args, "overrides"):
+        args.overrides += [e for e in extra if "=" in e and not e.startswith("-")]
+        extra = [e for e in extra if not ("=" in e and not e.startswith("-"))]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from mmdlrm.distributed.env import launch_rank
+
+    _quiet_libraries(rank=launch_rank()[0])
     from mmdlrm.data.tables import DataError
     from mmdlrm.distributed.checkpoint import CheckpointError
     from mmdlrm.features.encoders import FeatureError
+    from mmdlrm.run_folder import RunFinished
 
     try:
         return _run(args)
+    except RunFinished as finished:
+        log.info("%s", finished)
+        return 0
     except (ConfigError, DataError, CheckpointError, FeatureError, FileNotFoundError, KeyError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"mmdlrm {args.command}: error: {message}", file=sys.stderr)
@@ -135,9 +141,8 @@ def _run(args: argparse.Namespace) -> int:
         log.info("wrote %s", write_report(args.run, args.out))
         return 0
     if args.command in ("inspect", "recommend"):
-        from mmdlrm.inspection.commands import run_inspect, run_recommend
-
-        return run_inspect(args) if args.command == "inspect" else run_recommend(args)
+        print(_inspect(args))
+        return 0
     if args.command == "export":
         from mmdlrm.export import export_run
 
@@ -149,7 +154,7 @@ def _run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"{args.run}: no config.yaml; is this a run folder written by `mmdlrm train`?")
         cfg = load_config(config_path, args.overrides)
     else:
-        cfg = load_config(args.config, [*args.overrides, *_shorthands(args)])
+        cfg = load_config(args.config, args.overrides)
     if args.command == "synth":
         from mmdlrm.data.synthetic import generate
 
@@ -164,18 +169,37 @@ def _run(args: argparse.Namespace) -> int:
         release = read_release(args.source, cfg.data.on_bad_rows)
         prepare(release, args.out, cfg.data.split, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.seed)
         return 0
-    from mmdlrm.distributed.env import init_distributed, teardown
     from mmdlrm import train as training
+    from mmdlrm.distributed.env import init_distributed, teardown
 
     env = init_distributed(cfg.train.device)
     try:
         if args.command == "train":
             training.train(cfg, env)
+        elif args.command == "sweep":
+            from mmdlrm.sweep import sweep
+
+            sweep(args.config, args.grid, args.overrides, env, args.name)
         else:
             training.evaluate_run(cfg, args.run, env)
     finally:
         teardown()
     return 0
+
+
+def _inspect(args: argparse.Namespace) -> str:
+    """The output of `inspect ...` or `recommend ...` (typed values go on, not the namespace)."""
+    from mmdlrm.inspection import commands
+
+    if args.command == "recommend":
+        if args.similar is not None:
+            return commands.inspect_movies(args.run, args.similar, args.k)
+        return commands.recommend_user(args.run, args.user, args.k, args.popular_if_unknown)
+    if args.inspect_command == "genres":
+        return commands.inspect_genres(args.run)
+    if args.inspect_command == "movies":
+        return commands.inspect_movies(args.run, args.movie, args.k)
+    return commands.inspect_ranking(args.run, args.users)
 
 
 def _features(cfg) -> int:

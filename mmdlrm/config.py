@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,7 +18,10 @@ from typing import Any, Literal
 
 import yaml
 
+from mmdlrm.schema import TABLE_FEATURES
+
 SYNTHETIC = "synthetic"
+RUN_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
 class ConfigError(ValueError):
@@ -80,6 +85,31 @@ class DataConfig:
 
 
 @dataclass
+class RankingConfig:
+    """The `ranking` task: observed interactions against sampled negatives (implicit feedback)."""
+
+    negatives: int = 16
+    """Movies sampled per positive."""
+    sampler: Literal["uniform", "popularity"] = "uniform"
+    """`popularity`: movies drawn with probability proportional to (training interactions) ** alpha."""
+    alpha: float = 0.75
+    """Exponent of the popularity sampler (0: uniform, 1: by popularity)."""
+    loss: Literal["bce", "bpr", "softmax"] = "bce"
+    """`bce`: each row liked or not; `bpr`: each positive above each of its negatives; `softmax`: each positive
+    against its negatives as a (1 + negatives)-way choice (sampled softmax, log-Q corrected)."""
+    positive_threshold: float | None = None
+    """Only training ratings at or above this are positives; unset: every rating is (a watch is a signal)."""
+    exclude_known: bool = True
+    """Redraw negatives that are one of the user's training movies (a few rounds; see data/negatives.py)."""
+
+    def __post_init__(self) -> None:
+        if self.negatives < 1:
+            raise ConfigError(f"model.ranking.negatives must be >= 1, got {self.negatives}")
+        if self.alpha < 0:
+            raise ConfigError(f"model.ranking.alpha must be >= 0, got {self.alpha}")
+
+
+@dataclass
 class ModelConfig:
     """Embedding tables, DLRM arches and the prediction task."""
 
@@ -89,12 +119,19 @@ class ModelConfig:
     """Hidden sizes of the dense arch; its output width is embedding_dim, appended automatically."""
     over_arch: list[int] = field(default_factory=lambda: [128, 64])
     """Hidden sizes of the over arch; the single output unit is appended automatically."""
-    task: Literal["rating", "binary"] = "rating"
-    """`rating`: regression scaled into the rating range (MSE). `binary`: liked or not (BCE)."""
+    task: Literal["rating", "binary", "ranking"] = "rating"
+    """`rating`: regression scaled into the rating range (MSE). `binary`: liked or not (BCE). `ranking`: which
+    movies a user chooses, from observed interactions against sampled negatives (see `ranking`)."""
     liked_threshold: float = 4.0
     """For task=binary, a rating at or above this counts as liked."""
     year_bucket_years: int = 5
     """Release years are bucketed into spans of this many years for the `year` sparse feature."""
+    history_length: int = 0
+    """The user-history feature: each user's most recent `history_length` training movies as one jagged sparse
+    feature, mean-pooled (the TorchRec form of SVD++'s implicit term); 0 turns it off."""
+    history_table: Literal["shared", "own"] = "shared"
+    """`shared`: history movies look up the movie table; `own`: a table of their own."""
+    ranking: RankingConfig = field(default_factory=RankingConfig)
 
     def __post_init__(self) -> None:
         if self.embedding_dim < 4 or self.embedding_dim % 4:
@@ -107,6 +144,8 @@ class ModelConfig:
             raise ConfigError("model.over_arch needs at least one hidden layer")
         if self.year_bucket_years < 1:
             raise ConfigError(f"model.year_bucket_years must be >= 1, got {self.year_bucket_years}")
+        if self.history_length < 0:
+            raise ConfigError(f"model.history_length must be >= 0 (0: off), got {self.history_length}")
 
 
 SHARDING_TYPES = ("data_parallel", "table_wise", "column_wise", "table_column_wise", "row_wise", "table_row_wise")
@@ -130,23 +169,14 @@ class TableSharding:
 
 
 @dataclass
-class TablesSharding:
-    """Per-table constraints, by sparse feature (`sharding.tables.user.sharding_type=column_wise`)."""
-
-    user: TableSharding = field(default_factory=TableSharding)
-    movie: TableSharding = field(default_factory=TableSharding)
-    genre: TableSharding = field(default_factory=TableSharding)
-    year: TableSharding = field(default_factory=TableSharding)
-
-
-@dataclass
 class ShardingConfig:
     """How the embedding tables are placed on processes (TorchRec's planner chooses where unset)."""
 
     plan: str | None = None
     """Default sharding type for every table without its own (see `tables`), or unset to let the planner choose
     among those the device supports."""
-    tables: TablesSharding = field(default_factory=TablesSharding)
+    tables: dict[str, TableSharding] = field(default_factory=dict)
+    """Per-table constraints, by the table's feature: `sharding.tables.user.sharding_type=column_wise`."""
     sparse_optimizer: Literal["rowwise_adagrad", "adagrad", "sgd"] = "rowwise_adagrad"
     """Fused into the backward pass by FBGEMM. On CPU only these exist (Adam is CUDA-only)."""
     sparse_lr: float = 0.05
@@ -155,12 +185,16 @@ class ShardingConfig:
         if self.sparse_lr <= 0:
             raise ConfigError(f"sharding.sparse_lr must be > 0, got {self.sparse_lr}")
         TableSharding(self.plan).check("sharding.plan")
-        for name in ("user", "movie", "genre", "year"):
-            getattr(self.tables, name).check(f"sharding.tables.{name}")
+        for name, table in self.tables.items():
+            if name not in TABLE_FEATURES:
+                close = difflib.get_close_matches(name, TABLE_FEATURES, n=1)
+                hint = f"; did you mean sharding.tables.{close[0]}?" if close else ""
+                raise ConfigError(f"sharding.tables.{name}: no such table; tables: {', '.join(TABLE_FEATURES)}{hint}")
+            table.check(f"sharding.tables.{name}")
 
     def table(self, feature: str) -> TableSharding:
         """The constraints of `feature`'s table, with `plan` as the default sharding type."""
-        own = getattr(self.tables, feature)
+        own = self.tables.get(feature, TableSharding())
         return TableSharding(own.sharding_type or self.plan, own.compute_kernel)
 
 
@@ -188,6 +222,8 @@ class TrainConfig:
     """Steps between mid-epoch checkpoints of the whole training state (0: only at the end of each epoch)."""
     resume: bool = True
     """Continue an unfinished run from its last checkpoint when started again with the same config."""
+    tensorboard: bool = True
+    """Log scalars and the learnt embeddings to <run>/tensorboard (`tensorboard --logdir runs/<name>/tensorboard`)."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -206,11 +242,23 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation batches."""
+    """Evaluation: batches, the cold-start slice, and full ranking."""
 
     batch_size: int = 65_536
+    """Rows per evaluation forward pass (full ranking scores batch_size // movies users at a time)."""
     cold_start_max_ratings: int = 10
     """Test rows of movies with at most this many training ratings are also scored apart (the cold-start slice)."""
+    ranking_users: int = 1000
+    """Users ranked (a seeded sample of those with a relevant item) for ranking metrics; every movie is scored."""
+    relevant_threshold: float = 4.0
+    """A held-out rating at or above this makes the movie relevant to its user in ranking metrics."""
+    ease_max_items: int = 20_000
+    """EASE fits an items x items matrix: on more movies than this it uses the most-rated ones only."""
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "ranking_users", "ease_max_items"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"eval.{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -267,14 +315,24 @@ class RunConfig:
     """Everything one run needs; written to `<run_dir>/config.yaml`."""
 
     name: str = "run"
-    """Name of the run; its folder is `<output_dir>/<name>`."""
+    """Name of the run; its folder is `<output_dir>/<name>` (letters, digits, `.`, `_`, `-`: it stays inside)."""
     output_dir: str = "runs"
+    overwrite: bool = False
+    """Replace a finished run of the same name (its results, checkpoints and plots). Without it a finished run is
+    left as it is."""
     data: DataConfig = field(default_factory=DataConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if not RUN_NAME.fullmatch(self.name) or self.name in (".", ".."):
+            raise ConfigError(
+                f"name={self.name!r}: a run name is one folder name (letters, digits, '.', '_', '-'), so that the run "
+                f"stays inside output_dir; use e.g. name=my-run, and output_dir=... to put runs elsewhere"
+            )
 
     @property
     def run_dir(self) -> Path:
@@ -307,7 +365,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not key=value (e.g. train.batch_size=1024)")
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+        _check_key(key.strip(), f"override {item!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw  # e.g. a path with a colon: the field's type check decides
+        _set_dotted(tree, key.strip(), value)
+    if overrides:
+        source = f"{source} + command line" if path is not None else "command line"
     return _build(RunConfig, tree, prefix="", source=source)
 
 
@@ -324,6 +389,35 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
 def save_config(cfg: RunConfig, path: str | Path) -> None:
     """Write the resolved config as YAML that load_config reads back to an equal RunConfig."""
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def _check_key(key: str, source: str) -> None:
+    """Fail on a dotted key that names no field, with the nearest valid name (before any YAML is blamed)."""
+    cls: Any = RunConfig
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+        prefix = ".".join(parts[:depth])
+        prefix = f"{prefix}." if prefix else ""
+        if part not in fields:
+            if not fields:
+                raise ConfigError(f"{source}: {prefix.rstrip('.')} is a value, not a section")
+            close = difflib.get_close_matches(part, list(fields), n=1)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(fields)}"
+            raise ConfigError(f"{source}: unknown key {prefix}{part}{hint}")
+        cls = typing.get_type_hints(cls)[part]
+        if typing.get_origin(cls) is dict:  # the next part is any key; then the value's fields
+            cls = typing.get_args(cls)[1]
+            return _check_key_within(cls, parts[depth + 2 :], ".".join(parts[: depth + 2]), source)
+
+
+def _check_key_within(cls: Any, parts: list[str], prefix: str, source: str) -> None:
+    if parts and dataclasses.is_dataclass(cls):
+        fields = {f.name for f in dataclasses.fields(cls)}
+        if parts[0] not in fields:
+            close = difflib.get_close_matches(parts[0], list(fields), n=1)
+            hint = f"; did you mean {prefix}.{close[0]}?" if close else f"; valid keys: {', '.join(fields)}"
+            raise ConfigError(f"{source}: unknown key {prefix}.{parts[0]}{hint}")
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -347,7 +441,16 @@ def _build(cls: type, values: dict[str, Any], prefix: str, source: str) -> Any:
             hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(fields)}"
             raise ConfigError(f"{source}: unknown key {prefix}{key}{hint}")
         hint = hints[key]
-        if dataclasses.is_dataclass(hint):
+        if typing.get_origin(hint) is dict and dataclasses.is_dataclass(typing.get_args(hint)[1]):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {prefix}{key} is a section; give it keys, not {value!r}")
+            item = typing.get_args(hint)[1]
+            kwargs[key] = {}
+            for name, sub in value.items():
+                if not isinstance(sub, dict):
+                    raise ConfigError(f"{source}: {prefix}{key}.{name} is a section; give it keys, not {sub!r}")
+                kwargs[key][str(name)] = _build(item, sub, f"{prefix}{key}.{name}.", source)
+        elif dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: {prefix}{key} is a section; give it keys, not {value!r}")
             kwargs[key] = _build(hint, value, f"{prefix}{key}.", source)
@@ -384,9 +487,11 @@ def _check_type(value: Any, hint: Any, key: str, source: str) -> Any:
         return float(value)
     if hint is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{source}: {key} must be a finite number; got {value}")
     if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):

@@ -15,21 +15,24 @@ import pyarrow.parquet as pq
 import torch
 
 from mmdlrm.config import RunConfig, from_dict, load_config, to_dict
-from mmdlrm.data.batches import DENSE_FEATURES, num_year_buckets
 from mmdlrm.distributed import checkpoint
 from mmdlrm.features.extract import store_path
 from mmdlrm.features.store import MovieVectors, load_vectors
-from mmdlrm.model.tables import Vocab
-from mmdlrm.model.task import RatingTask, build_task
+from mmdlrm.model.tables import Vocab, vocab_of
+from mmdlrm.model.task import TaskModule, build_task_module
+from mmdlrm.schema import DENSE_FEATURES
+from mmdlrm.tasks import Task, build_task
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass
 class ExportedModel:
     """An exported run, loaded: the model in eval mode on the CPU and its id maps."""
 
-    task: RatingTask
+    task: TaskModule
+    """The unsharded model with its task's objective: `task(batch)` gives `(loss, (loss, predictions, labels))`."""
+    objective: Task
     config: RunConfig
     vocab: Vocab
     genres: list[str]
@@ -41,12 +44,6 @@ class ExportedModel:
     meta: dict
 
 
-def vocab_of(cfg: RunConfig, manifest: dict) -> Vocab:
-    """Table sizes of a model trained with `cfg` on the prepared dataset described by `manifest`."""
-    counts = manifest["counts"]
-    return Vocab(counts["users"], counts["movies"], counts["genres"], num_year_buckets(cfg.model.year_bucket_years))
-
-
 def export_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write `<run_dir>/model.pt` (or `out`) from the run's best checkpoint; returns the path."""
     run_dir = Path(run_dir)
@@ -56,7 +53,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     cfg = load_config(run_dir / "config.yaml")
     prepared = Path(json.loads(results_path.read_text())["prepared_dir"])
     manifest = json.loads((prepared / "manifest.json").read_text())
-    vocab = vocab_of(cfg, manifest)
+    vocab = vocab_of(cfg.model, manifest["counts"])
     content = _content_of_run(cfg, prepared, manifest)
     task = _task(cfg, vocab, content)
     meta = checkpoint.load_unsharded(task, run_dir / "checkpoints" / "best")
@@ -87,23 +84,24 @@ def load_exported(path: str | Path) -> ExportedModel:
     if payload.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: export format {payload.get('format_version')}, this mmdlrm reads {FORMAT_VERSION}")
     cfg = from_dict(payload["config"], source=str(path))
-    vocab = Vocab(**payload["vocab"])
+    vocab = Vocab(**{k: tuple(map(tuple, v)) if k == "extra" else v for k, v in payload["vocab"].items()})
     content = {m: MovieVectors(c["vectors"], c["missing"], c["model"]) for m, c in payload.get("content", {}).items()}
-    task = _task(cfg, vocab, content)
-    task.load_state_dict(payload["state_dict"])
-    task.eval()
-    return ExportedModel(task, cfg, vocab, payload["genres"], payload["user_ids"], payload["movie_ids"],
+    module = _task(cfg, vocab, content)
+    module.load_state_dict(payload["state_dict"])
+    module.eval()
+    return ExportedModel(module, module.objective, cfg, vocab, payload["genres"], payload["user_ids"], payload["movie_ids"],
                          payload["titles"], payload["meta"])  # fmt: skip
 
 
-def _task(cfg: RunConfig, vocab: Vocab, content: dict[str, MovieVectors]) -> RatingTask:
+def _task(cfg: RunConfig, vocab: Vocab, content: dict[str, MovieVectors]) -> TaskModule:
     """The unsharded task module on the CPU, with its content vectors filled in."""
-    task = build_task(cfg.model, vocab, len(DENSE_FEATURES), device=torch.device("cpu"), sparse_device="cpu",
-                      content_dims={m: v.vectors.shape[1] for m, v in content.items()},
-                      projection_dim=cfg.features.projection_dim)  # fmt: skip
+    module = build_task_module(cfg.model, build_task(cfg.model, cfg.eval), vocab, len(DENSE_FEATURES),
+                               device=torch.device("cpu"), sparse_device="cpu",
+                               content_dims={m: v.vectors.shape[1] for m, v in content.items()},
+                               projection_dim=cfg.features.projection_dim)  # fmt: skip
     for modality, vectors in content.items():
-        task.model.content.set_vectors(modality, vectors.vectors, vectors.missing)
-    return task
+        module.model.content.set_vectors(modality, vectors.vectors, vectors.missing)
+    return module
 
 
 def _content_of_run(cfg: RunConfig, prepared: Path, manifest: dict) -> dict[str, MovieVectors]:

@@ -63,3 +63,33 @@ def test_every_shipped_config_loads_and_says_how_to_run_it(path):
 def test_missing_config_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="configs/ folder lists"):
         load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("override", ["train.dense_lr=nan", "sharding.sparse_lr=.inf", "data.synthetic.noise=-.inf"])
+def test_non_finite_numbers_are_refused_by_key(override):
+    with pytest.raises(ConfigError, match=f"{override.split('=')[0]} must be a finite number"):
+        load_config(None, [override])
+
+
+def test_an_unknown_override_is_reported_as_the_override_not_the_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  batch_size: 256\n")
+    with pytest.raises(ConfigError, match=r"^override 'train.batchsize=3': unknown key train.batchsize; did you mean"):
+        load_config(path, ["train.batchsize=3"])
+    path.write_text("train:\n  batchsize: 256\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: unknown key train.batchsize"):
+        load_config(path)
+
+
+def test_run_names_stay_inside_the_runs_folder():
+    for bad in ("../../somewhere", "a/b", "..", "x y"):
+        with pytest.raises(ConfigError, match="a run name is one folder name"):
+            load_config(None, [f"name={bad}"])
+    assert load_config(None, ["name=ml-25m_v2.1"]).run_dir == Path("runs") / "ml-25m_v2.1"
+
+
+def test_per_table_sharding_keys_are_checked():
+    cfg = load_config(None, ["sharding.tables.history.sharding_type=table_wise"])
+    assert cfg.sharding.table("history").sharding_type == "table_wise" and cfg.sharding.table("user").sharding_type is None
+    with pytest.raises(ConfigError, match="sharding.tables.usr: no such table.*did you mean sharding.tables.user"):
+        load_config(None, ["sharding.tables.usr.sharding_type=table_wise"])

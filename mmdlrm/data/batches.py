@@ -1,18 +1,22 @@
 """Batches for the DLRM: KeyedJaggedTensors and dense features built from columnar arrays by vectorised slicing.
 
-A batch holds, for B ratings:
+A batch holds, for B (user, movie) rows:
 - sparse features (one KeyedJaggedTensor): `user` and `movie` (one id each), `genre` (the movie's genres, 0..n
-  ids), `year` (one release-year bucket);
+  ids), `year` (one release-year bucket), and with `model.history_length` the `history`: the user's most recent
+  training movies, never including the row's own movie (leak-free: built from the training split only, and
+  the candidate is left out, so training rows look like evaluation rows);
 - dense features (B x 5): log counts and shrunk mean-rating deviations of the user and the movie on the training
   split, and the centred release year;
-- labels: the rating in stars, or 1.0 / 0.0 for liked / not liked.
+- labels: what the task makes of the rating (stars, liked or not), or 1 / 0 for positives / sampled negatives.
+With negatives (the ranking task) a batch of B positives holds B * (1 + k) rows: the B positives first, then
+each positive's k negatives in turn (row B + i * k + j is negative j of positive i).
 TorchRec's `Batch` is reused, so batches move to devices and through TorchRec's train pipelines as they are.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,18 +24,13 @@ import torch
 from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from mmdlrm.config import ModelConfig
+from mmdlrm.data.negatives import NegativeSampler
 from mmdlrm.data.prepare import Prepared
+from mmdlrm.schema import FIRST_YEAR, HISTORY_FEATURE, LAST_YEAR, SPARSE_FEATURES
 
-SPARSE_FEATURES = ("user", "movie", "genre", "year")
-DENSE_FEATURES = ("user_log_count", "user_mean_dev", "movie_log_count", "movie_mean_dev", "year")
-FIRST_YEAR, LAST_YEAR = 1900, 2030
 SHRINKAGE = 5.0
 """Pseudo-ratings at the global mean added to each user's and movie's mean (an empirical-Bayes prior)."""
-
-
-def num_year_buckets(span: int) -> int:
-    """Year buckets of `span` years from 1900 to 2030, plus bucket 0 for an unknown year."""
-    return (LAST_YEAR - FIRST_YEAR) // span + 2
 
 
 @dataclass
@@ -53,6 +52,10 @@ class SplitRows:
 
     def __len__(self) -> int:
         return len(self.rating)
+
+    def where(self, keep: torch.Tensor) -> SplitRows:
+        """The rows where `keep` (a bool per row) is True."""
+        return SplitRows(self.user[keep], self.movie[keep], self.rating[keep])
 
 
 @dataclass
@@ -76,12 +79,16 @@ class MovieBatch(Batch):
 
 
 class BatchBuilder:
-    """Builds `Batch`es from row indices of a split: per-user and per-movie tables are gathered, never looped."""
+    """Builds `Batch`es from row indices of a split: per-user and per-movie tables are gathered, never looped.
 
-    def __init__(self, data: Prepared, year_span: int, task: str = "rating", liked_threshold: float = 4.0) -> None:
+    Args:
+        cfg: the model section (year buckets, history length).
+        label: stars -> the task's label (identity: stars).
+    """
+
+    def __init__(self, data: Prepared, cfg: ModelConfig, label: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self.mean = data.mean_rating
-        self.task = task
-        self.liked_threshold = liked_threshold
+        self.label = label
         self.user_count = torch.from_numpy(data.users["train_count"].astype(np.float32))
         self.user_sum = torch.from_numpy(data.users["train_sum"].astype(np.float32))
         self.movie_count = torch.from_numpy(data.movies["train_count"].astype(np.float32))
@@ -92,32 +99,57 @@ class BatchBuilder:
         self.genre_values = torch.from_numpy(data.movies["genre_values"])
         year = torch.from_numpy(data.movies["year"].astype(np.int64))
         known = (year >= FIRST_YEAR) & (year < LAST_YEAR)
-        self.year_bucket = torch.where(known, (year - FIRST_YEAR) // year_span + 1, torch.zeros_like(year))
+        self.year_bucket = torch.where(known, (year - FIRST_YEAR) // cfg.year_bucket_years + 1, torch.zeros_like(year))
         self.year_centred = torch.where(known, (year - 1995).float() / 25.0, torch.zeros(len(year)))
+        self.keys = list(SPARSE_FEATURES)
+        self.history: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        if cfg.history_length:
+            train = data.splits["train"]
+            offsets_h, values_h = user_history(train["user"], train["movie"], train["timestamp"], data.num_users, cfg.history_length)
+            offsets_h = torch.from_numpy(offsets_h)
+            self.history = (offsets_h[:-1], offsets_h[1:] - offsets_h[:-1], torch.from_numpy(values_h))
+            self.keys.append(HISTORY_FEATURE)
 
-    def build(self, rows: SplitRows, index: torch.Tensor, leave_one_out: bool = False) -> Batch:
-        """The batch of `rows[index]`.
+    def build(self, rows: SplitRows, index: torch.Tensor, leave_one_out: bool = False, negatives: torch.Tensor | None = None) -> Batch:
+        """The batch of `rows[index]`, followed by `negatives` (len(index) x k movie ids) if given.
 
         Args:
-            leave_one_out: subtract each row's own rating from its user's and movie's training sums, so that on
-                the training split a row's dense features never contain its own label.
+            leave_one_out: subtract each (positive) row's own rating from its user's and movie's training sums,
+                so that on the training split a row's dense features never contain its own label.
         """
         user, movie, rating = rows.user[index], rows.movie[index], rows.rating[index]
-        batch_size = len(index)
-        one = torch.ones(batch_size, dtype=torch.int64)
-        genre_length = self.genre_length[movie]
-        # Positions of each row's genres in genre_values: row start repeated per genre, plus 0..len-1.
-        row_of_genre = torch.repeat_interleave(torch.arange(batch_size), genre_length)
-        first = torch.cumsum(genre_length, 0) - genre_length
-        position = self.genre_start[movie][row_of_genre] + torch.arange(len(row_of_genre)) - first[row_of_genre]
-        sparse = KeyedJaggedTensor(
-            keys=list(SPARSE_FEATURES),
-            values=torch.cat([user, movie, self.genre_values[position], self.year_bucket[movie]]),
-            lengths=torch.cat([one, one, genre_length, one]),
-        )
+        positives = len(index)
         own = rating if leave_one_out else torch.zeros_like(rating)
-        seen = float(leave_one_out)
-        dense = torch.stack(
+        seen = torch.full((positives,), float(leave_one_out))
+        if negatives is None:
+            labels = self.label(rating) if self.label is not None else rating
+        else:
+            k = negatives.shape[1]
+            user = torch.cat([user, user.repeat_interleave(k)])
+            movie = torch.cat([movie, negatives.reshape(-1)])
+            own = torch.cat([own, torch.zeros(positives * k)])
+            seen = torch.cat([seen, torch.zeros(positives * k)])
+            labels = torch.cat([torch.ones(positives), torch.zeros(positives * k)])
+        return MovieBatch(dense_features=self._dense(user, movie, own, seen), sparse_features=self._sparse(user, movie),
+                          labels=labels, movies=movie)  # fmt: skip
+
+    def _sparse(self, user: torch.Tensor, movie: torch.Tensor) -> KeyedJaggedTensor:
+        one = torch.ones(len(user), dtype=torch.int64)
+        genre_position, _ = segments(self.genre_start[movie], self.genre_length[movie])
+        genre_length = self.genre_length[movie]
+        values = [user, movie, self.genre_values[genre_position], self.year_bucket[movie]]
+        lengths = [one, one, genre_length, one]
+        if self.history is not None:
+            start, length, history = self.history
+            position, row = segments(start[user], length[user])
+            kept = history[position]
+            keep = kept != movie[row]  # the candidate is never part of its own history
+            values.append(kept[keep])
+            lengths.append(torch.bincount(row[keep], minlength=len(user)))
+        return KeyedJaggedTensor(keys=self.keys, values=torch.cat(values), lengths=torch.cat(lengths))
+
+    def _dense(self, user: torch.Tensor, movie: torch.Tensor, own: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+        return torch.stack(
             [
                 torch.log1p(self.user_count[user] - seen) / 8.0,
                 self._deviation(self.user_sum[user] - own, self.user_count[user] - seen),
@@ -127,18 +159,35 @@ class BatchBuilder:
             ],
             dim=1,
         )
-        labels = (rating >= self.liked_threshold).float() if self.task == "binary" else rating
-        return MovieBatch(dense_features=dense, sparse_features=sparse, labels=labels, movies=movie)
 
     def _deviation(self, total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
         return (total + SHRINKAGE * self.mean) / (count + SHRINKAGE) - self.mean
+
+
+def segments(start: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat positions of the segments [start_i, start_i + length_i) in order, and the row each belongs to."""
+    row = torch.repeat_interleave(torch.arange(len(length)), length)
+    first = torch.cumsum(length, 0) - length
+    return start[row] + torch.arange(len(row)) - first[row], row
+
+
+def user_history(user: np.ndarray, movie: np.ndarray, timestamp: np.ndarray, num_users: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's `length` most recent movies (ties in time by movie id) as CSR: offsets (num_users + 1), values."""
+    order = np.lexsort((movie, -timestamp.astype(np.int64), user))
+    sorted_users = user[order]
+    counts = np.bincount(sorted_users, minlength=num_users)
+    start = np.r_[0, np.cumsum(counts)[:-1]]
+    keep = np.arange(len(order)) - start[sorted_users] < length
+    offsets = np.r_[0, np.cumsum(np.minimum(counts, length))].astype(np.int64)
+    return offsets, movie[order][keep].astype(np.int64)
 
 
 class BatchLoader:
     """Iterates over one split in batches; each rank takes its own share of every batch.
 
     Every rank yields the same number of batches (collectives in sharded models need that). Training drops the
-    last incomplete global batch; evaluation keeps every row, so the last batch may be smaller.
+    last incomplete global batch; evaluation keeps every row, so the last batch may be smaller. With a
+    `negatives` sampler each row is a positive followed by its sampled negatives (see `BatchBuilder.build`).
     """
 
     def __init__(
@@ -152,6 +201,7 @@ class BatchLoader:
         rank: int = 0,
         world_size: int = 1,
         leave_one_out: bool = False,
+        negatives: NegativeSampler | None = None,
     ) -> None:
         if batch_size < world_size:
             raise ValueError(f"batch size {batch_size} is smaller than the world size {world_size}")
@@ -159,6 +209,7 @@ class BatchLoader:
         self.local_batch = batch_size // world_size
         self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
         self.leave_one_out = leave_one_out
+        self.negatives = negatives
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -187,4 +238,9 @@ class BatchLoader:
             chunk = order[step * global_batch : (step + 1) * global_batch]
             # Contiguous shares: rank r takes rows [r*b, (r+1)*b) of the global batch (uneven only at the end).
             bounds = [len(chunk) * r // self.world_size for r in range(self.world_size + 1)]
-            yield self.builder.build(self.rows, chunk[bounds[self.rank] : bounds[self.rank + 1]], self.leave_one_out)
+            mine = slice(bounds[self.rank], bounds[self.rank + 1])
+            negatives = None
+            if self.negatives is not None:  # drawn for the global batch: the same whatever the world size
+                generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_033 + step)
+                negatives = self.negatives.sample(self.rows.user[chunk], generator)[mine]
+            yield self.builder.build(self.rows, chunk[mine], self.leave_one_out, negatives)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
 log = logging.getLogger("mmdlrm")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,11 @@ class DistEnv:
     @property
     def local_world_size(self) -> int:
         return int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))
+
+
+def launch_rank() -> tuple[int, int]:
+    """(rank, world size) as the launcher (torchrun, torchx) set them; (0, 1) for a process started alone."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 def pick_device(requested: str, local_rank: int) -> torch.device:
@@ -64,8 +72,7 @@ def init_distributed(
             Otherwise torchrun's environment variables are used, or a world of one.
     """
     if rank is None:
-        rank = int(os.environ.get("RANK", 0))
-        world_size = int(os.environ.get("WORLD_SIZE", 1))
+        rank, world_size = launch_rank()
     assert world_size is not None
     local_rank = int(os.environ.get("LOCAL_RANK", rank if store_path else 0))
     env = DistEnv(rank, world_size, local_rank, pick_device(device, local_rank))
@@ -91,3 +98,23 @@ def log0(env: DistEnv, msg: str, *args: object) -> None:
     """Log on rank 0 only."""
     if env.is_rank0:
         log.info(msg, *args)
+
+
+def rank0_decides(env: DistEnv, decide: Callable[[], T]) -> T:
+    """Run `decide` on rank 0 only and hand its (picklable) result to every rank.
+
+    For choices that must be the same everywhere and touch shared files: preparing the data, resuming or not,
+    making the feature store. An exception on rank 0 is passed on and raised on every rank, so that no rank
+    waits forever in a collective the others left.
+    """
+    outcome: list = [None, None]
+    if env.is_rank0:
+        try:
+            outcome = [decide(), None]
+        except Exception as err:  # re-raised below, on every rank
+            outcome = [None, err]
+    if env.world_size > 1:
+        dist.broadcast_object_list(outcome, src=0)
+    if outcome[1] is not None:
+        raise outcome[1]
+    return outcome[0]

@@ -18,15 +18,14 @@ from torchrec.distributed.planner import EmbeddingShardingPlanner
 from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
 from torchrec.distributed.planner.types import KernelConfig, ParameterConstraints, TopologyFactory, TrainerConfig
 from torchrec.distributed.types import ShardingPlan
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
-from mmdlrm.config import ConfigError, ShardingConfig
-from mmdlrm.data.batches import SPARSE_FEATURES
-from mmdlrm.distributed.env import DistEnv
-from mmdlrm.model.tables import table_name
+from mmdlrm.config import ConfigError, ShardingConfig, TableSharding
+from mmdlrm.distributed.env import DistEnv, rank0_decides
 
 CPU_SHARDING_TYPES = ("data_parallel", "table_wise", "column_wise", "table_column_wise")
 CUDA_SHARDING_TYPES = (*CPU_SHARDING_TYPES, "row_wise", "table_row_wise")
@@ -41,12 +40,18 @@ def supported_sharding_types(device: torch.device) -> tuple[str, ...]:
     return CUDA_SHARDING_TYPES if device.type == "cuda" else CPU_SHARDING_TYPES
 
 
-def check_capabilities(cfg: ShardingConfig, device: torch.device, features: tuple[str, ...] = SPARSE_FEATURES) -> None:
+def table_feature(table: str) -> str:
+    """The feature whose name a table carries (`t_user` -> `user`): the key of its `sharding.tables` entry."""
+    return table.removeprefix("t_")
+
+
+def check_capabilities(cfg: ShardingConfig, device: torch.device, tables: list[str]) -> None:
     """Raise a ConfigError naming what works when the config asks for what the device cannot do."""
     supported = supported_sharding_types(device)
-    for feature in features:
+    for table in tables:
+        feature = table_feature(table)
         wanted = cfg.table(feature)
-        key = f"sharding.tables.{feature}" if getattr(cfg.tables, feature).sharding_type else "sharding.plan"
+        key = f"sharding.tables.{feature}" if cfg.tables.get(feature, TableSharding()).sharding_type else "sharding.plan"
         if wanted.sharding_type is not None and wanted.sharding_type not in supported:
             raise ConfigError(
                 f"{key}={wanted.sharding_type} needs CUDA (NCCL); on {device.type} use one of: {', '.join(supported)}"
@@ -84,7 +89,7 @@ def _topology(env: DistEnv):
     return TopologyFactory.create_topology(trainer, kernel_config=KernelConfig(compute_device=env.device.type))
 
 
-def constraints(cfg: ShardingConfig, env: DistEnv, embedding_dim: int) -> dict[str, ParameterConstraints]:
+def constraints(cfg: ShardingConfig, env: DistEnv, embedding_dim: int, tables: list[str]) -> dict[str, ParameterConstraints]:
     """The planner's per-table constraints: the configured sharding type and kernel, or all the device supports.
 
     Column-wise shards are at least `embedding_dim / world_size` wide (and a multiple of 4, as FBGEMM needs), so
@@ -92,9 +97,9 @@ def constraints(cfg: ShardingConfig, env: DistEnv, embedding_dim: int) -> dict[s
     """
     min_partition = max(4, embedding_dim // env.world_size // 4 * 4)
     out = {}
-    for feature in SPARSE_FEATURES:
-        wanted = cfg.table(feature)
-        out[table_name(feature)] = ParameterConstraints(
+    for table in tables:
+        wanted = cfg.table(table_feature(table))
+        out[table] = ParameterConstraints(
             sharding_types=[wanted.sharding_type] if wanted.sharding_type else list(supported_sharding_types(env.device)),
             compute_kernels=[wanted.compute_kernel] if wanted.compute_kernel else None,
             min_partition=min_partition,
@@ -102,12 +107,19 @@ def constraints(cfg: ShardingConfig, env: DistEnv, embedding_dim: int) -> dict[s
     return out
 
 
-def make_planner(cfg: ShardingConfig, env: DistEnv, batch_size: int, embedding_dim: int) -> EmbeddingShardingPlanner:
+def table_names(module: nn.Module) -> list[str]:
+    """Names of the embedding tables inside `module` (every EmbeddingBagCollection it holds)."""
+    return [t.name for m in module.modules() if isinstance(m, EmbeddingBagCollection) for t in m.embedding_bag_configs()]
+
+
+def make_planner(
+    cfg: ShardingConfig, env: DistEnv, batch_size: int, embedding_dim: int, tables: list[str]
+) -> EmbeddingShardingPlanner:
     """TorchRec's planner over this world's real topology (device, world size, memory per rank)."""
     return EmbeddingShardingPlanner(
         topology=_topology(env),
         batch_size=batch_size,
-        constraints=constraints(cfg, env, embedding_dim),
+        constraints=constraints(cfg, env, embedding_dim, tables),
         storage_reservation=FixedPercentageStorageReservation(percentage=0.15),
     )
 
@@ -120,18 +132,15 @@ def plan_sharding(
     Returns:
         the plan, and the planner's estimate of the tables' memory (weights, optimiser state, buffers) per rank.
     """
-    check_capabilities(cfg, env.device)
-    planner = make_planner(cfg, env, batch_size, embedding_dim)
+    tables = table_names(module)
+    check_capabilities(cfg, env.device, tables)
+    planner = make_planner(cfg, env, batch_size, embedding_dim, tables)
     plan = planner.collective_plan(module, [EmbeddingBagCollectionSharder()], dist.GroupMember.WORLD)
     estimate = dict.fromkeys(range(env.world_size), 0)
     for option in planner.get_selected_options():  # rank 0 planned for everyone (collective_plan broadcasts)
         for placed in option.shards:
             estimate[placed.rank] += placed.storage.ddr + placed.storage.hbm
-    if env.world_size > 1:
-        holder = [estimate]
-        dist.broadcast_object_list(holder, src=0)
-        estimate = holder[0]
-    return plan, estimate
+    return plan, rank0_decides(env, lambda: estimate)
 
 
 @dataclass
@@ -166,7 +175,7 @@ def shard(
         sparse_params: the module holding the embedding tables.
         batch_size: per-rank batch, for the planner's cost model.
     """
-    check_capabilities(cfg, env.device)
+    check_capabilities(cfg, env.device, table_names(module))
     optimizer_class = SPARSE_OPTIMIZERS[cfg.sparse_optimizer]
     # FBGEMM's fused kernels default to eps=1e-8, torch's Adagrad to 1e-10: pin it so fused and unfused agree.
     kwargs = {"lr": cfg.sparse_lr} if cfg.sparse_optimizer == "sgd" else {"lr": cfg.sparse_lr, "eps": ADAGRAD_EPS}

@@ -1,19 +1,21 @@
-"""Baselines fitted on the training split in the same run: the global mean and user + movie biases.
+"""Pointwise baselines fitted on the training split in the same run: the global mean and user + movie biases.
 
 The bias model is `r = mu + b_user + b_movie`, fitted by alternating ridge updates (closed form per id), with the
-regularisation picked on the validation split. Ids never seen in training get a bias of 0.
+regularisation picked on the validation split. Ids never seen in training get a bias of 0. The task turns stars
+into its labels and predictions (`label`, `from_stars`), so the same fit serves every pointwise task.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from mmdlrm.evaluation.metrics import RatingMetrics
+from mmdlrm.evaluation.metrics import PointwiseMetrics
+from mmdlrm.schema import RATING_RANGE
 
-RANGE = (0.5, 5.0)
 REGULARISATION_GRID = (1.0, 3.0, 10.0, 25.0)
 
 
@@ -28,7 +30,7 @@ class BiasModel:
 
     def predict(self, users: np.ndarray, movies: np.ndarray) -> np.ndarray:
         """Predicted stars, clipped to the rating range."""
-        return np.clip(self.mu + self.user_bias[users] + self.movie_bias[movies], *RANGE).astype(np.float32)
+        return np.clip(self.mu + self.user_bias[users] + self.movie_bias[movies], *RATING_RANGE).astype(np.float32)
 
 
 def fit_bias(users: np.ndarray, movies: np.ndarray, ratings: np.ndarray, num_users: int, num_movies: int,
@@ -46,21 +48,28 @@ def fit_bias(users: np.ndarray, movies: np.ndarray, ratings: np.ndarray, num_use
     return BiasModel(mu, user_bias, movie_bias, regularisation)
 
 
-def score(preds: np.ndarray, ratings: np.ndarray, task: str, liked_threshold: float) -> dict[str, float]:
-    """Metrics of predictions: stars for `rating`, liked-probabilities for `binary`."""
-    labels = torch.from_numpy(ratings.astype(np.float32))
-    p = torch.from_numpy(preds.astype(np.float32))
-    if task == "binary":
-        labels = (labels >= liked_threshold).float()
-    metrics = RatingMetrics(task, sync=False)  # baselines are fitted and scored on rank 0 alone
-    metrics.update(p, labels)
+def score(preds: np.ndarray, labels: np.ndarray, names: tuple[str, ...]) -> dict[str, float]:
+    """Metrics `names` of predictions against labels (both in the task's units), on this rank alone."""
+    metrics = PointwiseMetrics(names, sync=False)  # baselines are fitted and scored on rank 0 alone
+    metrics.update(torch.from_numpy(preds.astype(np.float32)), torch.from_numpy(labels.astype(np.float32)))
     return metrics.compute()
 
 
-def evaluate_baselines(splits: dict[str, dict[str, np.ndarray]], num_users: int, num_movies: int, task: str = "rating",
-                       liked_threshold: float = 4.0, cold_movies: np.ndarray | None = None) -> dict[str, dict]:  # fmt: skip
+def evaluate_baselines(
+    splits: dict[str, dict[str, np.ndarray]],
+    num_users: int,
+    num_movies: int,
+    names: tuple[str, ...],
+    label: Callable[[torch.Tensor], torch.Tensor],
+    from_stars: Callable[[np.ndarray], np.ndarray],
+    cold_movies: np.ndarray | None = None,
+) -> dict[str, dict]:
     """Fit both baselines on `splits["train"]` and score them on val and test (and the test rows of
     `cold_movies`, a bool per movie, under "test_cold_start").
+
+    Args:
+        label: stars -> the task's label; the global-mean baseline predicts the training labels' mean.
+        from_stars: the bias model's stars -> the task's prediction.
 
     Returns:
         {"global_mean": {"val": metrics, "test": metrics}, "bias": {..., "regularisation": chosen}}.
@@ -71,21 +80,18 @@ def evaluate_baselines(splits: dict[str, dict[str, np.ndarray]], num_users: int,
     val = splits["val"]
     val_rmse = [np.sqrt(np.mean((m.predict(val["user"], val["movie"]) - val["rating"]) ** 2)) for m in candidates]
     bias = candidates[int(np.argmin(val_rmse))]
-    if task == "binary":  # the training rate of "liked"; biases rescaled from stars to a [0, 1] score
-        constant = float((train["rating"] >= liked_threshold).mean())
-        to_task = lambda stars: (stars - RANGE[0]) / (RANGE[1] - RANGE[0])  # noqa: E731
-    else:
-        constant = float(train["rating"].astype(np.float64).mean())
-        to_task = lambda stars: stars  # noqa: E731
+    to_labels = lambda stars: label(torch.from_numpy(stars.astype(np.float32))).numpy()  # noqa: E731
+    constant = float(to_labels(train["rating"]).astype(np.float64).mean())
     out: dict[str, dict] = {"global_mean": {}, "bias": {"regularisation": bias.regularisation}}
     for split in ("val", "test"):
         cols = splits[split]
-        flat = np.full(len(cols["rating"]), constant, dtype=np.float32)
-        out["global_mean"][split] = score(flat, cols["rating"], task, liked_threshold)
-        stars = bias.predict(cols["user"], cols["movie"])
-        out["bias"][split] = score(to_task(stars), cols["rating"], task, liked_threshold)
+        labels = to_labels(cols["rating"])
+        flat = np.full(len(labels), constant, dtype=np.float32)
+        predicted = from_stars(bias.predict(cols["user"], cols["movie"]))
+        out["global_mean"][split] = score(flat, labels, names)
+        out["bias"][split] = score(predicted, labels, names)
         if split == "test" and cold_movies is not None:
             rows = cold_movies[cols["movie"]]
-            out["global_mean"]["test_cold_start"] = score(flat[rows], cols["rating"][rows], task, liked_threshold)
-            out["bias"]["test_cold_start"] = score(to_task(stars)[rows], cols["rating"][rows], task, liked_threshold)
+            out["global_mean"]["test_cold_start"] = score(flat[rows], labels[rows], names)
+            out["bias"]["test_cold_start"] = score(predicted[rows], labels[rows], names)
     return out

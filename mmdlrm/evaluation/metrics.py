@@ -1,4 +1,4 @@
-"""Rating and "liked" metrics (torchmetrics, reduced across ranks) and the evaluation pass over a split."""
+"""Pointwise metrics (torchmetrics, reduced across ranks) and the evaluation pass over a split's rows."""
 
 from __future__ import annotations
 
@@ -11,21 +11,20 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 from torchrec.datasets.utils import Batch
 
 
-class RatingMetrics:
+class PointwiseMetrics:
     """Streaming metrics over (prediction, label) pairs; `compute` syncs every rank's state.
 
-    `rating`: MSE, RMSE, MAE in stars. `binary`: AUC, log loss and accuracy of the probability of "liked",
-    plus its MSE / RMSE / MAE against the 0/1 label (the Brier score and its root).
+    Names: `mse`, `mae` (and `rmse`, derived from mse) in the prediction's units; `auc`, `accuracy` and `log_loss`
+    of a probability against a 0/1 label. The task says which apply.
     """
 
-    def __init__(self, task: str = "rating", device: torch.device | str = "cpu", sync: bool = True) -> None:
+    def __init__(self, names: tuple[str, ...], device: torch.device | str = "cpu", sync: bool = True) -> None:
         """`sync=False` for metrics computed on one rank only (a collective there would wait forever)."""
         kw = {"sync_on_compute": sync}
-        metrics: dict[str, nn.Module] = {"mse": MeanSquaredError(**kw), "mae": MeanAbsoluteError(**kw)}
-        if task == "binary":
-            metrics |= {"auc": BinaryAUROC(**kw), "accuracy": BinaryAccuracy(**kw), "log_loss": MeanMetric(**kw)}
-        self.task = task
-        self.collection = MetricCollection(metrics).to(device)
+        factories = {"mse": MeanSquaredError, "mae": MeanAbsoluteError, "auc": BinaryAUROC, "accuracy": BinaryAccuracy,
+                     "log_loss": MeanMetric}  # fmt: skip
+        wanted = [n for n in names if n != "rmse"] + (["mse"] if "rmse" in names and "mse" not in names else [])
+        self.collection = MetricCollection({n: factories[n](**kw) for n in wanted}).to(device)
 
     def update(self, preds: torch.Tensor, labels: torch.Tensor) -> None:
         for name, metric in self.collection.items():
@@ -38,7 +37,8 @@ class RatingMetrics:
 
     def compute(self) -> dict[str, float]:
         values = {name: float(value) for name, value in self.collection.compute().items()}
-        values["rmse"] = values["mse"] ** 0.5
+        if "mse" in values:
+            values["rmse"] = values["mse"] ** 0.5
         return values
 
 
@@ -46,12 +46,12 @@ class RatingMetrics:
 def evaluate(
     model: nn.Module,
     batches: Iterable[Batch],
-    task: str,
+    names: tuple[str, ...],
     device: torch.device,
     keep_predictions: bool = False,
     cold_movies: torch.Tensor | None = None,
 ) -> tuple[dict, torch.Tensor | None, torch.Tensor | None]:
-    """Metrics of `model` (returning `(loss, (loss, preds, labels))`) over `batches`, and optionally its predictions.
+    """Metrics `names` of `model` (returning `(loss, (loss, preds, labels))`) over `batches`, optionally its predictions.
 
     Args:
         cold_movies: a bool per movie id; the rows of those movies are also scored apart, under
@@ -62,8 +62,8 @@ def evaluate(
     """
     was_training = model.training
     model.eval()
-    metrics = RatingMetrics(task, device)
-    cold = RatingMetrics(task, device) if cold_movies is not None else None
+    metrics = PointwiseMetrics(names, device)
+    cold = PointwiseMetrics(names, device) if cold_movies is not None else None
     cold_movies = cold_movies.to(device) if cold_movies is not None else None  # once, not per batch
     kept_preds, kept_labels = [], []
     for batch in batches:

@@ -1,17 +1,22 @@
-"""The `inspect` and `recommend` commands: printed tables plus plots in <run>/plots/."""
+"""The `inspect` and `recommend` commands: printed tables plus plots and JSON in the run folder."""
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import logging
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from mmdlrm.data.synthetic import PlantedTruth
-from mmdlrm.evaluation.ranking import evaluate_ranking
+from mmdlrm.distributed.env import DistEnv
+from mmdlrm.evaluation.ranking import KS, evaluate_ranking, model_scorer
 from mmdlrm.inspection.embeddings import genre_report, nearest_movies, plot_genres
 from mmdlrm.inspection.recommend import Recommendation, format_recommendations, recommend
 from mmdlrm.inspection.run import Run, open_run
+from mmdlrm.tasks import Block, Evaluation, RankingTask, ranking_baselines
 
 log = logging.getLogger("mmdlrm")
 
@@ -22,43 +27,51 @@ def planted_truth(run: Run) -> PlantedTruth | None:
     return PlantedTruth.load(path) if path.is_file() else None
 
 
-def run_inspect(args: argparse.Namespace) -> int:
-    run = open_run(args.run)
-    if args.inspect_command == "genres":
-        report = genre_report(run.model, planted_truth(run))
-        heatmap, projection = plot_genres(report, run.folder / "plots")
-        print(report.table())
-        if report.planted_correlation is not None:
-            print(f"\nSpearman correlation of learnt vs planted genre similarity: {report.planted_correlation:.3f}")
-        (run.folder / "genres.json").write_text(json.dumps({"names": report.names, "similarity": report.similarity.tolist(),
-                                                            "planted_correlation": report.planted_correlation}, indent=1))  # fmt: skip
-        log.info("wrote %s and %s", heatmap, projection)
-    elif args.inspect_command == "movies":
-        neighbours = nearest_movies(run.model, args.movie, args.k)
-        items = [Recommendation(m, title, [], score) for m, title, score in neighbours]
-        print(f"nearest to {_title(run, args.movie)}:\n" + format_recommendations(items, "cosine"))
-    else:
-        metrics = evaluate_ranking(run.model.task, run.builder, run.data.splits, run.data.num_movies, num_users=args.users)
-        names = [m for m in metrics["model"] if m != "users"]
-        print(f"{'ranking':<12}" + "".join(f"{n:>14}" for n in names) + f"   ({metrics['model']['users']} test users)")
-        for who in ("popularity", "model"):
-            print(f"{'DLRM' if who == 'model' else who:<12}" + "".join(f"{metrics[who][n]:>14.4f}" for n in names))
-        (run.folder / "ranking.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    return 0
+def inspect_genres(folder: Path) -> str:
+    """Nearest genres by learnt embedding (and the planted correlation on synthetic data); writes the plots."""
+    run = open_run(folder)
+    report = genre_report(run.model, planted_truth(run))
+    heatmap, projection = plot_genres(report, run.folder / "plots")
+    out = report.table()
+    if report.planted_correlation is not None:
+        out += f"\n\nSpearman correlation of learnt vs planted genre similarity: {report.planted_correlation:.3f}"
+    (run.folder / "genres.json").write_text(json.dumps({"names": report.names, "similarity": report.similarity.tolist(),
+                                                        "planted_correlation": report.planted_correlation}, indent=1))  # fmt: skip
+    log.info("wrote %s and %s", heatmap, projection)
+    return out
 
 
-def run_recommend(args: argparse.Namespace) -> int:
-    run = open_run(args.run)
-    if args.similar is not None:
-        neighbours = nearest_movies(run.model, args.similar, args.k)
-        items = [Recommendation(m, title, [], score) for m, title, score in neighbours]
-        print(f"nearest to {_title(run, args.similar)}:\n" + format_recommendations(items, "cosine"))
-        return 0
-    items, fallback = recommend(run, args.user, args.k, args.popular_if_unknown)
-    if fallback:
-        print(f"user {args.user} is unknown: the {args.k} most-rated movies instead (popularity fallback)")
-    print(format_recommendations(items, "count" if fallback else "score"))
-    return 0
+def inspect_movies(folder: Path, movie_id: int, k: int) -> str:
+    """The k movies nearest to `movie_id` by learnt embedding."""
+    run = open_run(folder)
+    items = [Recommendation(m, title, [], score) for m, title, score in nearest_movies(run.model, movie_id, k)]
+    return f"nearest to {_title(run, movie_id)}:\n" + format_recommendations(items, "cosine")
+
+
+def inspect_ranking(folder: Path, users: int) -> str:
+    """Full-ranking Recall/NDCG/HitRate@10,20 of the run's model, popularity and EASE on the same test users."""
+    run = open_run(folder)
+    cfg = run.model.config
+    settings = dataclasses.replace(cfg.eval, ranking_users=users)
+    ev = Evaluation(run.data, run.builder, DistEnv(0, 1, 0, torch.device("cpu")), settings, cfg.train.seed)
+    scorer = model_scorer(run.model.task, run.builder, run.data.num_movies, torch.device("cpu"))
+    model = evaluate_ranking(scorer, ev.target("test"), run.data.num_movies, KS, settings.batch_size)
+    ratings = run.data.splits["train"]["rating"]
+    positives = RankingTask(cfg.model, cfg.eval).positives(run.data) if cfg.model.task == "ranking" else np.ones(len(ratings), bool)
+    baselines = ranking_baselines(ev, positives, splits=("val", "test"))
+    results = {"popularity": baselines["popularity"]["test"], "ease": baselines["ease"]["test"], "model": model,
+               "ease_regularisation": baselines["ease"]["regularisation"]}  # fmt: skip
+    (run.folder / "ranking.json").write_text(json.dumps(results, indent=2) + "\n")
+    rows = [("popularity", results["popularity"]), ("EASE", results["ease"]), ("DLRM", model)]
+    return Block(f"ranking ({model['users']} test users)", list(RankingTask.metric_names), rows).text()
+
+
+def recommend_user(folder: Path, user_id: int, k: int, popular_if_unknown: bool) -> str:
+    """A user's top-k movies they have not rated, or the most-rated ones for an unknown user (if allowed)."""
+    run = open_run(folder)
+    items, fallback = recommend(run, user_id, k, popular_if_unknown)
+    head = f"user {user_id} is unknown: the {k} most-rated movies instead (popularity fallback)\n" if fallback else ""
+    return head + format_recommendations(items, "count" if fallback else "score")
 
 
 def _title(run: Run, movie_id: int) -> str:

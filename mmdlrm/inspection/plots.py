@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def plot_curves(epochs: list[dict], baselines: dict[str, dict], metric: str, path: str | Path) -> Path:
+def plot_curves(epochs: list[dict], baselines: dict[str, dict], metric: str, higher_is_better: bool, path: str | Path) -> Path:
     """Training loss and validation `metric` per epoch, with the baselines' validation `metric` as lines."""
     x = [e["epoch"] for e in epochs]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
@@ -19,9 +19,9 @@ def plot_curves(epochs: list[dict], baselines: dict[str, dict], metric: str, pat
     left.set(xlabel="epoch", ylabel="loss", title="Training loss")
     left.grid(alpha=0.3)
     right.plot(x, [e["val"][metric] for e in epochs], marker="o", color="C1", label="DLRM")
-    for (name, result), style in zip(baselines.items(), ("--", ":")):
+    for (name, result), style in zip(baselines.items(), ("--", ":", "-.")):
         right.axhline(result["val"][metric], linestyle=style, color="grey", label=name.replace("_", " "))
-    best = min(epochs, key=lambda e: e["val"][metric] if metric != "auc" else -e["val"][metric])
+    best = (max if higher_is_better else min)(epochs, key=lambda e: e["val"][metric])
     right.scatter([best["epoch"]], [best["val"][metric]], s=120, facecolors="none", edgecolors="C3", label="best")
     right.set(xlabel="epoch", ylabel=metric.upper(), title=f"Validation {metric.upper()}")
     right.grid(alpha=0.3)
@@ -30,7 +30,8 @@ def plot_curves(epochs: list[dict], baselines: dict[str, dict], metric: str, pat
 
 
 def plot_predictions(preds: np.ndarray, labels: np.ndarray, task: str, path: str | Path) -> Path:
-    """Histogram of predictions against true ratings, and the predictions' spread at each true rating."""
+    """Histogram of predictions against true ratings and their spread at each true rating (`rating`), or the
+    probabilities by label and their calibration (`binary`)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     if task == "rating":
         bins = np.arange(0.25, 5.5, 0.25)
@@ -65,3 +66,19 @@ def _save(fig: plt.Figure, path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_sweep(names: list[str], val: list[float], test: list[float], metric: str, chosen: str, path: str | Path) -> Path:
+    """Validation and test `metric` of each point of a sweep, the point chosen on validation marked."""
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(names) + 2), 4))
+    x = np.arange(len(names))
+    ax.bar(x - 0.2, val, width=0.4, label="validation (chooses)")
+    ax.bar(x + 0.2, test, width=0.4, label="test (reported)")
+    ax.set_xticks(x, [f"{n}*" if n == chosen else n for n in names], rotation=45)
+    low = min(min(val), min(test))
+    high = max(max(val), max(test))
+    ax.set_ylim(low - 0.1 * (high - low + 1e-9), high + 0.1 * (high - low + 1e-9))
+    ax.set(ylabel=metric.upper(), title=f"Sweep: {metric} per point (* chosen on validation)")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend()
+    return _save(fig, path)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mmdlrm.evaluation.ranking import score_movies, top_k
+from mmdlrm.evaluation.ranking import model_scorer, top_k
 from mmdlrm.inspection.run import Run
 
 
@@ -27,7 +27,7 @@ class Recommendation:
 
 
 def recommend(run: Run, user_id: int, k: int = 10, popular_if_unknown: bool = False) -> tuple[list[Recommendation], bool]:
-    """The k best-scored movies `user_id` (raw MovieLens id) has not rated in training.
+    """The k best-scored movies `user_id` (raw MovieLens id) has not rated (in any split).
 
     Returns:
         (recommendations, fallback): fallback is True when the user is unknown and the most-rated movies were
@@ -47,8 +47,8 @@ def recommend(run: Run, user_id: int, k: int = 10, popular_if_unknown: bool = Fa
                 f"{data.users['user_id'][0]}..{data.users['user_id'][-1]}); pass --popular-if-unknown for the most-rated movies"
             )
         return _listing(run, popularity, np.empty(0, np.int64), k), True
-    seen = data.splits["train"]["movie"][data.splits["train"]["user"] == position]
-    scores = score_movies(run.model.task, run.builder, int(position), data.num_movies)
+    seen = np.concatenate([data.splits[s]["movie"][data.splits[s]["user"] == position] for s in ("train", "val", "test")])
+    scores = model_scorer(run.model.task, run.builder, data.num_movies, torch.device("cpu"))(torch.tensor([int(position)]))[0]
     return _listing(run, scores, seen, k), False
 
 

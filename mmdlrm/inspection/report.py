@@ -30,7 +30,7 @@ TEMPLATE = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=T
 <h1>Run <code>{{ name }}</code></h1>
 <p>{{ folder }} &middot; report written {{ written }} &middot; best epoch {{ best_epoch }} of {{ epochs }}</p>
 {% for block in metric_blocks %}
-<h2>{{ block.title }}</h2>
+<h2>Test results: {{ block.title }}</h2>
 <table><tr><th>model</th>{% for n in block.names %}<th>{{ n | upper }}</th>{% endfor %}</tr>
 {% for label, values in block.rows %}<tr><td>{{ label }}</td>{% for n in block.names %}<td class="num">{{ "%.4f" | format(values[n]) }}</td>{% endfor %}</tr>
 {% endfor %}</table>
@@ -43,9 +43,9 @@ TEMPLATE = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=T
 <table><tr><th>genre</th><th>nearest genres (cosine)</th></tr>
 {% for name, near in nearest %}<tr><td>{{ name }}</td><td>{{ near }}</td></tr>{% endfor %}</table>
 {% if ranking %}
-<h2>Ranking ({{ ranking.model.users }} test users, full ranking)</h2>
+<h2>Ranking ({{ ranking.model.users }} test users, full ranking; <code>mmdlrm inspect ranking</code>)</h2>
 <table><tr><th></th>{% for n in ranking_names %}<th>{{ n }}</th>{% endfor %}</tr>
-{% for who in ["popularity", "model"] %}<tr><td>{{ "DLRM" if who == "model" else who }}</td>{% for n in ranking_names %}<td class="num">{{ "%.4f" | format(ranking[who][n]) }}</td>{% endfor %}</tr>{% endfor %}
+{% for who, label in [("popularity", "popularity"), ("ease", "EASE"), ("model", "DLRM")] %}{% if who in ranking %}<tr><td>{{ label }}</td>{% for n in ranking_names %}<td class="num">{{ "%.4f" | format(ranking[who][n]) }}</td>{% endfor %}</tr>{% endif %}{% endfor %}
 </table>
 {% endif %}
 <h2>Sample recommendations</h2>
@@ -70,7 +70,6 @@ def write_report(folder: str | Path, out: str | Path | None = None, sample_users
     run = open_run(folder)
     genres = genre_report(run.model, planted_truth(run))
     heatmap, projection = plot_genres(genres, run.folder / "plots")
-    task = run.model.config.model.task
     ranking_path = run.folder / "ranking.json"
     ranking = json.loads(ranking_path.read_text()) if ranking_path.is_file() else None
     page = TEMPLATE.render(
@@ -79,7 +78,7 @@ def write_report(folder: str | Path, out: str | Path | None = None, sample_users
         written=datetime.datetime.now().isoformat(timespec="seconds"),
         best_epoch=run.results["best_epoch"],
         epochs=len(run.results["epochs"]),
-        metric_blocks=_metric_blocks(run, task),
+        metric_blocks=run.model.objective.result_blocks(run.results["test"], run.results["baselines"]),
         training_images=[(t, data_uri(run.folder / "plots" / f)) for t, f in
                          (("Training loss and validation metric", "curves.png"), ("Predictions against true ratings", "predictions.png"))
                          if (run.folder / "plots" / f).is_file()],  # fmt: skip
@@ -94,18 +93,6 @@ def write_report(folder: str | Path, out: str | Path | None = None, sample_users
     out = Path(out) if out else run.folder / "report.html"
     out.write_text(page, encoding="utf-8")
     return out
-
-
-def _metric_blocks(run: Run, task: str) -> list[dict]:
-    names = ["rmse", "mae", "mse"] if task == "rating" else ["auc", "log_loss", "accuracy", "rmse"]
-    test, baselines = run.results["test"], run.results["baselines"]
-    blocks = [{"title": "Test metrics", "names": names, "rows": [
-        ("global mean", baselines["global_mean"]["test"]), ("user+movie bias", baselines["bias"]["test"]), ("DLRM", test)]}]  # fmt: skip
-    if "cold_start" in test:
-        blocks.append({"title": "Cold-start movies (few training ratings)", "names": names, "rows": [
-            ("global mean", baselines["global_mean"]["test_cold_start"]),
-            ("user+movie bias", baselines["bias"]["test_cold_start"]), ("DLRM", test["cold_start"])]})  # fmt: skip
-    return blocks
 
 
 def _samples(run: Run, count: int) -> list[tuple[int, list]]:

@@ -45,6 +45,5 @@ def open_run(folder: str | Path) -> Run:
     if not (prepared / "manifest.json").is_file():
         raise FileNotFoundError(f"{folder}: its prepared dataset {prepared} is gone; prepare it again with the run's config")
     data = load_prepared(prepared)
-    builder = BatchBuilder(data, model.config.model.year_bucket_years, model.config.model.task,
-                           model.config.model.liked_threshold)  # fmt: skip
+    builder = BatchBuilder(data, model.config.model, model.objective.label)
     return Run(folder, model, data, builder, results)

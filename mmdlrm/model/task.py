@@ -1,8 +1,12 @@
-"""The prediction task around the model: output scaling, loss, and the (loss, outputs) shape TorchRec expects."""
+"""The model with its objective: the (loss, outputs) module TorchRec's DistributedModelParallel and pipelines run.
+
+What differs between tasks (the loss, the output transform) comes from an `Objective`, the task object of
+`mmdlrm.tasks`; this module knows none of them by name.
+"""
 
 from __future__ import annotations
 
-import math
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -12,64 +16,63 @@ from mmdlrm.config import ModelConfig
 from mmdlrm.model.dlrm import MovieDLRM
 from mmdlrm.model.tables import Vocab
 
-RATING_RANGE = (0.5, 5.0)
 
+class Objective(Protocol):
+    """What a task contributes to the forward pass."""
 
-class RatingTask(nn.Module):
-    """Wraps the model with its loss.
-
-    `rating`: prediction = lo + (hi - lo) * sigmoid(logit), in stars, trained with MSE.
-    `binary`: prediction = sigmoid(logit), the probability of "liked", trained with BCE on the logit.
-    `forward` returns `(loss, (loss, predictions, labels))`, all but the first detached, as TorchRec's train
-    pipelines expect.
-    """
-
-    def __init__(self, model: MovieDLRM, task: str = "rating", rating_range: tuple[float, float] = RATING_RANGE) -> None:
-        super().__init__()
-        self.model = model
-        self.task = task
-        self.lo, self.hi = rating_range
-
-    def init_output(self, mean_label: float) -> None:
-        """Start the output layer's bias where the prediction equals `mean_label` (faster, steadier start)."""
-        if self.task == "rating":
-            p = (mean_label - self.lo) / (self.hi - self.lo)
-        else:
-            p = mean_label
-        p = min(max(p, 1e-3), 1 - 1e-3)
-        with torch.no_grad():
-            self.model.output_layer.bias.fill_(math.log(p / (1 - p)))
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, movies: torch.Tensor | None) -> torch.Tensor:
+        """Training loss of a batch's logits (size B); `movies` are the rows' movie ids."""
+        ...
 
     def predictions(self, logits: torch.Tensor) -> torch.Tensor:
-        """Stars for `rating`, probabilities for `binary`."""
-        if self.task == "rating":
-            return self.lo + (self.hi - self.lo) * torch.sigmoid(logits)
-        return torch.sigmoid(logits)
+        """What a prediction means to the user: stars, a probability, a ranking score."""
+        ...
+
+
+class TaskModule(nn.Module):
+    """Wraps the model with its objective.
+
+    `forward` returns `(loss, (loss, predictions, labels))`, all but the first detached, as TorchRec's train
+    pipelines expect. In eval mode the loss is not computed (evaluation batches, e.g. every movie for a few
+    users, need not have the layout a training loss expects) and is returned as 0.
+    """
+
+    def __init__(self, model: MovieDLRM, objective: Objective) -> None:
+        super().__init__()
+        self.model = model
+        self.objective = objective
+
+    def init_output(self, logit: float) -> None:
+        """Start the output layer's bias at `logit` (the task picks it, e.g. where predictions equal the mean)."""
+        with torch.no_grad():
+            self.model.output_layer.bias.fill_(logit)
+
+    def predictions(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.objective.predictions(logits)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        logits = self.model(batch.dense_features, batch.sparse_features, getattr(batch, "movies", None))
-        preds = self.predictions(logits)
+        movies = getattr(batch, "movies", None)
+        logits = self.model(batch.dense_features, batch.sparse_features, movies)
+        preds = self.objective.predictions(logits)
         labels = batch.labels.float()
-        if self.task == "rating":
-            loss = nn.functional.mse_loss(preds, labels)
-        else:
-            loss = nn.functional.binary_cross_entropy_with_logits(logits, labels)
+        loss = self.objective.loss(logits, labels, movies) if self.training else logits.new_zeros(())
         return loss, (loss.detach(), preds.detach(), labels.detach())
 
 
-def build_task(
+def build_task_module(
     cfg: ModelConfig,
+    objective: Objective,
     vocab: Vocab,
     dense_in: int,
     device: torch.device | None = None,
     sparse_device: str = "meta",
     content_dims: dict[str, int] | None = None,
     projection_dim: int = 16,
-) -> RatingTask:
-    """The model and its task as the config asks.
+) -> TaskModule:
+    """The model and its objective as the config asks.
 
     Tables default to the meta device: DistributedModelParallel allocates each shard where the plan puts it.
     """
     model = MovieDLRM(cfg, vocab, dense_in, device=device, sparse_device=torch.device(sparse_device),
                       content_dims=content_dims, projection_dim=projection_dim)  # fmt: skip
-    return RatingTask(model, task=cfg.task)
+    return TaskModule(model, objective)

@@ -4,12 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from mmdlrm.data.batches import SHRINKAGE, SPARSE_FEATURES, BatchBuilder, BatchLoader, SplitRows, num_year_buckets
+from mmdlrm.config import ModelConfig
+from mmdlrm.data.batches import SHRINKAGE, BatchBuilder, BatchLoader, SplitRows
+from mmdlrm.schema import SPARSE_FEATURES, num_year_buckets
+from mmdlrm.tasks import BinaryTask
 
 
 @pytest.fixture()
 def builder(tiny_prepared):
-    return BatchBuilder(tiny_prepared, year_span=5)
+    return BatchBuilder(tiny_prepared, ModelConfig(year_bucket_years=5))
 
 
 def test_kjt_matches_a_row_by_row_reference(tiny_prepared, builder):
@@ -53,7 +56,8 @@ def test_dense_features_leave_one_out_against_a_naive_reference(tiny_prepared, b
 
 def test_binary_labels(tiny_prepared):
     rows = SplitRows.from_prepared(tiny_prepared, "val")
-    batch = BatchBuilder(tiny_prepared, 5, task="binary", liked_threshold=4.0).build(rows, torch.arange(50))
+    task = BinaryTask(ModelConfig(task="binary", liked_threshold=4.0), None)
+    batch = BatchBuilder(tiny_prepared, ModelConfig(), task.label).build(rows, torch.arange(50))
     torch.testing.assert_close(batch.labels, (rows.rating[:50] >= 4.0).float())
 
 

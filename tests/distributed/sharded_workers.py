@@ -21,6 +21,7 @@ from mmdlrm.distributed import checkpoint
 from mmdlrm.distributed.env import DistEnv, init_distributed, teardown
 from mmdlrm.distributed.sharding import CPU_SHARDING_TYPES
 from mmdlrm.evaluation.metrics import evaluate
+from mmdlrm.tasks import RatingTask, build_task
 from mmdlrm.train import build_model, training_steps
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "debug.yaml"
@@ -44,9 +45,10 @@ def _model(prepared: str, env: DistEnv, plan: str | None, optimizer: str = "roww
         overrides.append(f"sharding.plan={plan}")
     cfg = load_config(CONFIG, overrides)
     data = load_prepared(prepared)
-    sharded = build_model(cfg, data, env)
+    task = build_task(cfg.model, cfg.eval)
+    sharded = build_model(cfg, data, env, task)
     model, optimizer, sharding_plan = sharded.model, sharded.optimizer, sharded.plan
-    builder = BatchBuilder(data, cfg.model.year_bucket_years)
+    builder = BatchBuilder(data, cfg.model)
     return cfg, data, builder, model, optimizer, sharding_plan
 
 
@@ -72,14 +74,14 @@ def _train_and_predict(
 def _predict(model, data, builder, env: DistEnv) -> dict:
     rows = SplitRows.from_prepared(data, "val")
     one_batch = BatchLoader(builder, rows, len(rows), shuffle=False, rank=env.rank, world_size=env.world_size)
-    _, preds, _ = evaluate(model, one_batch, "rating", env.device, keep_predictions=True)
+    _, preds, _ = evaluate(model, one_batch, RatingTask.metric_names, env.device, keep_predictions=True)
     if env.world_size > 1:  # one batch: the ranks' shares in rank order are the rows in order
         shares = [None] * env.world_size
         dist.all_gather_object(shares, preds)
         preds = torch.cat(shares)
     # Batches of n - 1 rows leave a last batch of one row: rank 0's share of it is empty.
     uneven = BatchLoader(builder, rows, len(rows) - 1, shuffle=False, rank=env.rank, world_size=env.world_size)
-    metrics, _, _ = evaluate(model, uneven, "rating", env.device)
+    metrics, _, _ = evaluate(model, uneven, RatingTask.metric_names, env.device)
     return {"preds": preds, "metrics": metrics}
 
 

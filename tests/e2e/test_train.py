@@ -84,9 +84,10 @@ def test_user_errors_exit_2_with_one_line(tmp_path, capsys):
 
 
 def test_synth_and_prepare_commands(tmp_path):
-    assert main(["synth", str(tmp_path / "raw"), "--users", "60", "--num-movies", "30", "--ratings", "600"]) == 0
+    sizes = ["data.synthetic.num_users=60", "data.synthetic.num_movies=30", "data.synthetic.num_ratings=600"]
+    assert main(["synth", str(tmp_path / "raw"), *sizes]) == 0
     assert (tmp_path / "raw" / "ratings.csv").read_text().count("\n") == 601
-    assert main(["prepare", str(tmp_path / "raw"), "--out", str(tmp_path / "prep"), "--split", "temporal"]) == 0
+    assert main(["prepare", str(tmp_path / "raw"), "--out", str(tmp_path / "prep"), "data.split=temporal"]) == 0
     manifest = json.loads((tmp_path / "prep" / "manifest.json").read_text())
     assert manifest["split"]["kind"] == "temporal" and manifest["counts"]["ratings"] == 600
 

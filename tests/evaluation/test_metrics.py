@@ -4,14 +4,16 @@ import numpy as np
 import pytest
 import torch
 
+from mmdlrm.config import EvalConfig, ModelConfig
 from mmdlrm.evaluation.baselines import evaluate_baselines, fit_bias
-from mmdlrm.evaluation.metrics import RatingMetrics
+from mmdlrm.evaluation.metrics import PointwiseMetrics
+from mmdlrm.tasks import BinaryTask, RatingTask
 
 
 def test_rating_metrics_match_numpy_over_several_updates():
     rng = np.random.default_rng(0)
     preds, labels = rng.uniform(0.5, 5, 1000).astype(np.float32), rng.uniform(0.5, 5, 1000).astype(np.float32)
-    metrics = RatingMetrics("rating")
+    metrics = PointwiseMetrics(RatingTask.metric_names)
     for chunk in np.array_split(np.arange(1000), 7):
         metrics.update(torch.from_numpy(preds[chunk]), torch.from_numpy(labels[chunk]))
     values = metrics.compute()
@@ -23,7 +25,7 @@ def test_binary_metrics_auc_by_pair_counting():
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 2, 300).astype(np.float32)
     preds = np.clip(labels * 0.3 + rng.uniform(0, 0.7, 300), 0, 1).astype(np.float32)
-    metrics = RatingMetrics("binary")
+    metrics = PointwiseMetrics(BinaryTask.metric_names)
     metrics.update(torch.from_numpy(preds), torch.from_numpy(labels))
     values = metrics.compute()
     pos, neg = preds[labels == 1], preds[labels == 0]
@@ -48,7 +50,8 @@ def test_bias_model_recovers_planted_biases():
 
 def test_baselines_are_scored_on_val_and_test(tiny_prepared):
     data = tiny_prepared
-    result = evaluate_baselines(data.splits, data.num_users, data.num_movies)
+    task = RatingTask(ModelConfig(), EvalConfig())
+    result = evaluate_baselines(data.splits, data.num_users, data.num_movies, task.metric_names, task.label, task.from_stars)
     test = data.splits["test"]
     mean = data.splits["train"]["rating"].mean()
     assert result["global_mean"]["test"]["rmse"] == pytest.approx(np.sqrt(np.mean((test["rating"] - mean) ** 2)), rel=1e-4)

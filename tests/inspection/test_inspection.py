@@ -13,7 +13,6 @@ import torch
 
 from mmdlrm.cli import main
 from mmdlrm.data.synthetic import PlantedTruth
-from mmdlrm.evaluation.ranking import ranking_metrics
 from mmdlrm.inspection.embeddings import GenreReport, cosine_similarity, genre_report, planted_correlation
 from mmdlrm.inspection.recommend import UnknownIdError, recommend
 from mmdlrm.inspection.run import open_run
@@ -74,12 +73,10 @@ def test_recommendations_skip_seen_movies_and_unknown_users_are_explained(run, c
     assert "movie 123456789 is not in this model's catalogue" in capsys.readouterr().err
 
 
-def test_ranking_metrics_by_hand_and_on_the_run(run, capsys):
-    one = ranking_metrics([3, 5, 1], {1, 3}, k=2)
-    assert one == pytest.approx({"recall@2": 0.5, "ndcg@2": 1 / (1 + 1 / np.log2(3)), "hit_rate@2": 1.0})
+def test_inspect_ranking_on_the_run(run, capsys):
     assert main(["inspect", "ranking", str(run), "--users", "50"]) == 0
     metrics = json.loads((run / "ranking.json").read_text())
-    for who in ("model", "popularity"):
+    for who in ("model", "popularity", "ease"):
         assert metrics[who]["users"] == 50
         assert all(0.0 <= metrics[who][m] <= 1.0 for m in ("recall@10", "ndcg@20", "hit_rate@20"))
         assert metrics[who]["recall@20"] >= metrics[who]["recall@10"]
@@ -94,7 +91,7 @@ document.body.setAttribute("data-images", imgs.length + ":" + imgs.filter(i => i
 def test_report_is_one_self_contained_page_whose_images_load_in_chromium(run, tmp_path, capsys):
     assert main(["report", str(run), "--out", str(tmp_path / "report.html")]) == 0
     html = (tmp_path / "report.html").read_text()
-    assert "Cold-start movies" in html and "Spearman correlation of learnt vs planted" in html
+    assert "Test results: cold-start movies" in html and "Spearman correlation of learnt vs planted" in html
     assert 'src="http' not in html and 'src="/' not in html  # nothing fetched from elsewhere
     assert html.count('src="data:image/png;base64,') == 4  # curves, predictions, genre heatmap and projection
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -112,3 +109,11 @@ def test_a_run_folder_with_missing_files_says_what_is_missing(run, tmp_path, cap
     assert main(["inspect", "genres", str(tmp_path / "half")]) == 2
     err = capsys.readouterr().err
     assert "not a finished run (results.json, checkpoints/best/complete.json missing)" in err
+
+
+@pytest.mark.parametrize("k", ["0", "-3", "ten"])
+def test_k_must_be_a_positive_whole_number(run, k, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["recommend", str(run), "--user", "1", "-k", k])
+    assert exit_.value.code == 2
+    assert "argument -k" in capsys.readouterr().err

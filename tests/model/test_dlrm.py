@@ -1,6 +1,7 @@
 """The multimodal DLRM against an independent reference: nn.EmbeddingBag lookups and a loop over dot products."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -8,10 +9,11 @@ from torch import nn
 from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from mmdlrm.config import ModelConfig
+from mmdlrm.config import EvalConfig, ModelConfig
 from mmdlrm.model.dlrm import MovieDLRM
 from mmdlrm.model.tables import Vocab, build_tables, table_name
-from mmdlrm.model.task import RatingTask, build_task
+from mmdlrm.model.task import TaskModule, build_task_module
+from mmdlrm.tasks import BinaryTask, RatingTask
 
 VOCAB = Vocab(users=7, movies=5, genres=4, year_buckets=3)
 CFG = ModelConfig(embedding_dim=4, dense_arch=[6], over_arch=[8, 5])
@@ -75,9 +77,10 @@ def test_tables_are_one_per_feature_and_one_width():
 
 
 def test_rating_task_scales_into_range_and_starts_at_the_mean():
-    task = RatingTask(MovieDLRM(CFG, VOCAB, 5, sparse_device=torch.device("cpu")))
+    objective = RatingTask(CFG, EvalConfig())
+    task = TaskModule(MovieDLRM(CFG, VOCAB, 5, sparse_device=torch.device("cpu")), objective)
     dense, kjt = _inputs()
-    task.init_output(3.5)
+    task.init_output(objective.initial_logit(SimpleNamespace(mean_rating=3.5)))
     with torch.no_grad():
         task.model.output_layer.weight.zero_()  # the output is then the output bias alone
     labels = torch.tensor([4.0, 1.0, 5.0])
@@ -89,19 +92,21 @@ def test_rating_task_scales_into_range_and_starts_at_the_mean():
 
 
 def test_binary_task_uses_bce_on_logits():
-    task = RatingTask(MovieDLRM(CFG, VOCAB, 5, sparse_device=torch.device("cpu")), task="binary")
+    objective = BinaryTask(CFG, EvalConfig())
+    task = TaskModule(MovieDLRM(CFG, VOCAB, 5, sparse_device=torch.device("cpu")), objective)
     dense, kjt = _inputs()
     labels = torch.tensor([1.0, 0.0, 1.0])
     loss, (_, preds, _) = task(Batch(dense, kjt, labels))
     logits = task.model(dense, kjt)
     expected = -(labels * torch.log(torch.sigmoid(logits)) + (1 - labels) * torch.log(1 - torch.sigmoid(logits))).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    task.init_output(0.25)
+    liked = {"train": {"rating": torch.tensor([5.0, 1.0, 2.0, 3.0]).numpy()}}  # a quarter at or above 4 stars
+    task.init_output(objective.initial_logit(SimpleNamespace(splits=liked)))
     assert task.model.output_layer.bias.item() == pytest.approx(math.log(0.25 / 0.75))
 
 
 def test_build_task_leaves_tables_for_dmp_on_meta():
-    task = build_task(CFG, VOCAB, 5)
+    task = build_task_module(CFG, RatingTask(CFG, EvalConfig()), VOCAB, 5)
     table = task.model.dlrm.sparse_arch.embedding_bag_collection.embedding_bags["t_user"].weight
     assert table.is_meta
     assert not task.model.output_layer.weight.is_meta

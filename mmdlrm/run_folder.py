@@ -1,0 +1,132 @@
+"""A run's folder and its life: start, resume or refuse; per-epoch records; results.
+
+`runs/<name>/` is written by training alone. Starting a run decides once, on rank 0, between:
+- **fresh**: no run there (or `train.resume=false`, or `overwrite=true`): mmdlrm's own outputs from an earlier
+  run are removed (never any other file), the config is written;
+- **resume**: an unfinished run with the same config and a checkpoint to continue from;
+- **finished**: `results.json` is there: the run is left as it is (`RunFinished`), unless `overwrite=true`;
+- a `ConfigError` for a run with another config, or a path that cannot be a run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import yaml
+
+from mmdlrm.config import ConfigError, RunConfig, save_config, to_dict
+
+RESULTS = "results.json"
+METRICS = "metrics.jsonl"
+CONFIG = "config.yaml"
+OUTPUTS = (
+    "checkpoints", RESULTS, METRICS, "plan.txt", "plots", "tensorboard", "model.pt", "report.html", "ranking.json",
+    "genres.json",
+)  # fmt: skip
+"""What mmdlrm writes into a run folder: all that starting a run afresh may remove."""
+RESUMABLE_CHANGES = ("train.progress", "train.resume", "train.device", "train.checkpoint_every", "train.pipeline",
+                     "train.tensorboard", "overwrite")  # fmt: skip
+"""Fields that may change between a run and its resumption without changing what it computes."""
+
+
+class RunFinished(Exception):
+    """The run folder holds a finished run with this config; it is left as it is. `results` is its results.json."""
+
+    def __init__(self, message: str, results: dict) -> None:
+        super().__init__(message)
+        self.results = results
+
+
+def decide_start(cfg: RunConfig, has_checkpoint: bool) -> str:
+    """`fresh` or `resume` for `cfg.run_dir` (call on rank 0; the caller broadcasts the answer).
+
+    Args:
+        has_checkpoint: the run folder holds a complete `last` checkpoint to resume from.
+
+    Raises:
+        RunFinished: a finished run with the same config is there, and `overwrite` is off.
+        ConfigError: a run with another config is there, or output_dir / the run folder is a file.
+    """
+    run_dir = cfg.run_dir
+    for path in (Path(cfg.output_dir), run_dir):
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"{path} is a file, not a folder; set output_dir=... (or name=...) to a folder for runs")
+    finished = (run_dir / RESULTS).is_file()
+    if finished and not cfg.overwrite:
+        changed = config_changes(cfg, run_dir / CONFIG)
+        if changed:
+            raise ConfigError(
+                f"{run_dir} holds a finished run with a different config ({', '.join(changed)}); give this run "
+                "another name=..., or pass overwrite=true to replace the finished one"
+            )
+        raise RunFinished(
+            f"{run_dir} holds a finished run of this config; it is left as it is. Start a new run with another "
+            "name=..., or pass overwrite=true to train it again",
+            json.loads((run_dir / RESULTS).read_text()),
+        )
+    if not finished and has_checkpoint and cfg.train.resume:
+        changed = config_changes(cfg, run_dir / CONFIG)
+        if changed:
+            raise ConfigError(
+                f"{run_dir} holds an unfinished run with a different config ({', '.join(changed)}); "
+                "run the same config to resume it, add train.resume=false to start it over, or give a new name=..."
+            )
+        return "resume"
+    return "fresh"
+
+
+def start_fresh(cfg: RunConfig) -> None:
+    """Remove mmdlrm's outputs of an earlier run in `cfg.run_dir` (nothing else), write the config."""
+    run_dir = cfg.run_dir
+    for name in OUTPUTS:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    for path in run_dir.glob("checkpoints*"):  # checkpoints.tmp / .old left by a save cut short
+        shutil.rmtree(path, ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / CONFIG)
+    (run_dir / METRICS).write_text("")
+
+
+def config_changes(cfg: RunConfig, saved_path: Path) -> list[str]:
+    """The dotted keys whose values differ between `cfg` and the config saved at `saved_path` (all, if none)."""
+    if not saved_path.is_file():
+        return ["config.yaml missing"]
+    saved = _flatten(yaml.safe_load(saved_path.read_text()) or {})
+    current = _flatten(to_dict(cfg))
+    return sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES)
+
+
+def append_epoch(run_dir: Path, record: dict) -> None:
+    """Add one epoch's record to metrics.jsonl."""
+    with open(run_dir / METRICS, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def rewrite_epochs(run_dir: Path, records: list[dict]) -> None:
+    """metrics.jsonl as the resumed state knows it (a killed run may have logged an epoch its checkpoint lacks)."""
+    (run_dir / METRICS).write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def write_results(run_dir: Path, results: dict) -> Path:
+    """results.json, written last: its presence marks the run finished."""
+    path = run_dir / RESULTS
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out |= _flatten(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
