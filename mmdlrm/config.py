@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
-from mmdlrm.schema import TABLE_FEATURES
+from mmdlrm.schema import COUNT_BUCKETS, COUNT_FEATURES, DEMOGRAPHIC_FEATURES, TABLE_FEATURES
 
 SYNTHETIC = "synthetic"
 RUN_NAME = re.compile(r"[A-Za-z0-9._-]+")
@@ -67,8 +67,13 @@ class DataConfig:
     """`synthetic` (the built-in generator) or the folder of a MovieLens release (ml-25m, ml-1m, ml-100k, ...)."""
     cache_dir: str = "data"
     """Generated releases and prepared datasets are kept here, keyed by their settings, and reused."""
-    split: Literal["random", "temporal"] = "random"
-    """`random`: seeded shuffle of all ratings. `temporal`: each user's latest ratings are held out."""
+    split: Literal["random", "temporal", "cold_movies", "files"] = "random"
+    """`random`: seeded shuffle of all ratings. `temporal`: each user's latest ratings are held out. `cold_movies`:
+    seeded fractions of the movies are held out whole (all their ratings to val or test): new movies.
+    `files`: the release's own train/test files (ml-100k's `<fold>.base` / `<fold>.test`), validation carved
+    from the base part by seed (val_fraction of it)."""
+    fold: str = "u1"
+    """For split=files: u1..u5 (five disjoint 80/20 folds) or ua, ub (10 test ratings per user)."""
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     seed: int = 0
@@ -131,7 +136,26 @@ class ModelConfig:
     feature, mean-pooled (the TorchRec form of SVD++'s implicit term); 0 turns it off."""
     history_table: Literal["shared", "own"] = "shared"
     """`shared`: history movies look up the movie table; `own`: a table of their own."""
+    count_features: bool = False
+    """Sparse features `user_activity` and `movie_popularity`: log2-bucketed training rating counts."""
+    demographics: bool = False
+    """Sparse features `age`, `gender`, `occupation` and `zip` (region) where the release has them (ml-100k's
+    u.user, ml-1m's users.dat); other releases train without them (a note in the log)."""
+    dropout: float = 0.0
+    """Dropout after each hidden layer of the over arch (training only)."""
+    embedding_l2: float = 0.0
+    """L2 penalty on the looked-up embeddings (mean over the batch of their squared norms): decays only the rows a
+    batch touches, on CPU and CUDA, whatever the sparse optimiser."""
     ranking: RankingConfig = field(default_factory=RankingConfig)
+
+    def extra_features(self, counts: dict) -> list[tuple[str, int]]:
+        """The optional single-valued sparse features this model reads on a dataset with these manifest `counts`,
+        as (name, table rows) in key order."""
+        out = [(name, COUNT_BUCKETS) for name in COUNT_FEATURES] if self.count_features else []
+        if self.demographics:
+            sizes = counts.get("user_features") or {}
+            out += [(name, sizes[name]) for name in DEMOGRAPHIC_FEATURES if name in sizes]
+        return out
 
     def __post_init__(self) -> None:
         if self.embedding_dim < 4 or self.embedding_dim % 4:
@@ -146,6 +170,10 @@ class ModelConfig:
             raise ConfigError(f"model.year_bucket_years must be >= 1, got {self.year_bucket_years}")
         if self.history_length < 0:
             raise ConfigError(f"model.history_length must be >= 0 (0: off), got {self.history_length}")
+        if self.embedding_l2 < 0:
+            raise ConfigError(f"model.embedding_l2 must be >= 0, got {self.embedding_l2}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
 
 
 SHARDING_TYPES = ("data_parallel", "table_wise", "column_wise", "table_column_wise", "row_wise", "table_row_wise")
@@ -180,10 +208,22 @@ class ShardingConfig:
     sparse_optimizer: Literal["rowwise_adagrad", "adagrad", "sgd"] = "rowwise_adagrad"
     """Fused into the backward pass by FBGEMM. On CPU only these exist (Adam is CUDA-only)."""
     sparse_lr: float = 0.05
+    sparse_weight_decay: float = 0.0
+    """Weight decay on the embedding rows a batch touches, inside FBGEMM's fused row-wise Adagrad: CUDA only (the
+    CPU kernel of fbgemm-gpu-cpu 1.9 ignores it); on CPU use model.embedding_l2."""
+    sparse_weight_decay_mode: Literal["l2", "decoupled"] = "l2"
+    """`l2`: added to the gradient (so it also enters Adagrad's accumulator); `decoupled`: w -= lr * decay * w."""
 
     def __post_init__(self) -> None:
         if self.sparse_lr <= 0:
             raise ConfigError(f"sharding.sparse_lr must be > 0, got {self.sparse_lr}")
+        if self.sparse_weight_decay < 0:
+            raise ConfigError(f"sharding.sparse_weight_decay must be >= 0, got {self.sparse_weight_decay}")
+        if self.sparse_weight_decay and self.sparse_optimizer != "rowwise_adagrad":
+            raise ConfigError(
+                f"sharding.sparse_weight_decay needs sharding.sparse_optimizer=rowwise_adagrad: FBGEMM's "
+                f"{self.sparse_optimizer} kernels have no weight decay"
+            )
         TableSharding(self.plan).check("sharding.plan")
         for name, table in self.tables.items():
             if name not in TABLE_FEATURES:
@@ -203,9 +243,17 @@ class TrainConfig:
     """The training loop: batches, dense optimiser, epochs and early stopping."""
 
     batch_size: int = 4096
-    """Global batch; each rank reads batch_size // world_size rows."""
+    """Global batch; each rank reads batch_size // world_size rows (the ranking task: positives, each with its
+    negatives)."""
     dense_lr: float = 1e-3
     """Adam learning rate of the dense and over arches."""
+    dense_weight_decay: float = 0.0
+    """Decoupled weight decay of the dense parameters (AdamW)."""
+    warmup_steps: int = 0
+    """Learning rates (dense and sparse) rise linearly from 0 over this many steps."""
+    lr_decay: Literal["none", "cosine", "linear"] = "none"
+    """After warm-up, learning rates fall to `min_lr_ratio` of their value by the end of `max_epochs`."""
+    min_lr_ratio: float = 0.0
     max_epochs: int = 10
     min_epochs: int = 2
     patience: int = 2
@@ -230,6 +278,10 @@ class TrainConfig:
             raise ConfigError(f"train.batch_size must be >= 1, got {self.batch_size}")
         if self.dense_lr <= 0:
             raise ConfigError(f"train.dense_lr must be > 0, got {self.dense_lr}")
+        if self.dense_weight_decay < 0 or self.warmup_steps < 0:
+            raise ConfigError("train.dense_weight_decay and train.warmup_steps must be >= 0")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.checkpoint_every < 0:
             raise ConfigError(f"train.checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if self.patience < 1:
@@ -271,6 +323,9 @@ class FeatureConfig:
 
     modalities: Literal["none", "text", "image", "both"] = "none"
     """`none`: ids only; `text`: + summary vectors; `image`: + poster vectors; `both`."""
+    genome: bool = False
+    """+ the tag genome (ml-20m/25m/32m genome-scores.csv: 1,128 tag relevances per movie) as a dense movie vector;
+    a release without one trains without it (a note in the log)."""
     store: str | None = None
     """Feature store folder; unset: <data.cache_dir>/features/<release>-<encoders>, made on first use."""
     posters: str | None = None
@@ -300,6 +355,12 @@ class FeatureConfig:
                 raise ConfigError(f"features.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_workers < 0:
             raise ConfigError(f"features.num_workers must be >= 0, got {self.num_workers}")
+
+    @property
+    def modality_names(self) -> list[str]:
+        """The content modalities a run reads, in a fixed order."""
+        used = (("image", self.uses_image), ("text", self.uses_text), ("genome", self.genome))
+        return [name for name, on in used if on]
 
     @property
     def uses_text(self) -> bool:

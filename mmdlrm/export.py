@@ -16,8 +16,8 @@ import torch
 
 from mmdlrm.config import RunConfig, from_dict, load_config, to_dict
 from mmdlrm.distributed import checkpoint
-from mmdlrm.features.extract import store_path
-from mmdlrm.features.store import MovieVectors, load_vectors
+from mmdlrm.features.store import MovieVectors
+from mmdlrm.features.vectors import content_stores, load_content
 from mmdlrm.model.tables import Vocab, vocab_of
 from mmdlrm.model.task import TaskModule, build_task_module
 from mmdlrm.schema import DENSE_FEATURES
@@ -105,11 +105,9 @@ def _task(cfg: RunConfig, vocab: Vocab, content: dict[str, MovieVectors]) -> Tas
 
 
 def _content_of_run(cfg: RunConfig, prepared: Path, manifest: dict) -> dict[str, MovieVectors]:
-    """The content vectors the run trained with, from its feature store (they are not in checkpoints)."""
-    modalities = [m for m, used in (("image", cfg.features.uses_image), ("text", cfg.features.uses_text)) if used]
-    if not modalities:
+    """The content vectors the run trained with, from its feature stores (they are not in checkpoints)."""
+    if not cfg.features.modality_names:
         return {}
     release = Path(manifest["source"]["folder"])
-    store = store_path(cfg.features, cfg.data, release)
     movie_ids = pq.read_table(prepared / "movies.parquet", columns=["movie_id"])["movie_id"].to_numpy()
-    return {m: load_vectors(store, movie_ids, m) for m in modalities}
+    return load_content(content_stores(cfg.features, cfg.data, release, movie_ids, make=False), movie_ids)

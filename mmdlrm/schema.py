@@ -22,6 +22,11 @@ EXTRA_FEATURES = ("user_activity", "movie_popularity", "age", "gender", "occupat
 """Optional single-valued categorical features, in key order after the base ones: log-bucketed training counts
 of the user and the movie, and the user demographics some releases carry (ml-100k u.user, ml-1m users.dat)."""
 
+COUNT_FEATURES = ("user_activity", "movie_popularity")
+"""floor(log2(1 + training ratings)) of the user and of the movie: COUNT_BUCKETS ids each."""
+COUNT_BUCKETS = 32
+DEMOGRAPHIC_FEATURES = ("age", "gender", "occupation", "zip")
+
 TABLE_FEATURES = (*SPARSE_FEATURES, HISTORY_FEATURE, *EXTRA_FEATURES)
 """Every feature that can have a table of its own (the keys of sharding.tables)."""
 

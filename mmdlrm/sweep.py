@@ -5,7 +5,13 @@
 The grid file maps dotted config keys to the values to try (every combination is trained):
 
     model.embedding_dim: [16, 32]
-    train.dense_weight_decay: [0.0, 1.0e-5]
+    model.history_length: [0, 100]
+
+or lists the points themselves (an ablation: each point changes what it names, `{}` is the config as it is):
+
+    - {}
+    - {model.history_length: 100}
+    - {model.history_length: 100, model.ranking.loss: softmax}
 
 Each point is a run `<output_dir>/<sweep>/<point>` with the same seed; a finished point is read back, not trained
 again, so a sweep that was stopped continues where it was. The point with the best validation value of the
@@ -21,6 +27,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from mmdlrm.config import ConfigError, RunConfig, load_config
@@ -44,43 +51,46 @@ class Point:
     baselines: dict
 
 
-def read_grid(path: str | Path) -> dict[str, list]:
-    """The grid file: dotted key -> list of values (a single value is a list of one).
+def read_grid(path: str | Path) -> list[list[str]]:
+    """The points of a grid file (see the module docstring), each as `key=value` overrides.
 
     Raises:
-        ConfigError: not a mapping, an empty list, or a key the config does not have.
+        ConfigError: neither a mapping of keys to lists nor a list of mappings, or an empty list of values.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"grid file {path} not found")
     grid = yaml.safe_load(path.read_text())
+    if isinstance(grid, list) and grid and all(isinstance(p, dict) for p in grid):
+        return [[_override(k, v) for k, v in point.items()] for point in grid]
     if not isinstance(grid, dict) or not grid:
-        raise ConfigError(f"{path}: a grid maps dotted config keys to lists of values, e.g. model.embedding_dim: [16, 32]")
-    out = {}
-    for key, values in grid.items():
-        values = values if isinstance(values, list) else [values]
-        if not values:
+        raise ConfigError(
+            f"{path}: a grid maps dotted config keys to lists of values (model.embedding_dim: [16, 32]), or lists "
+            "points as mappings (- {model.embedding_dim: 16})"
+        )
+    values = {}
+    for key, options in grid.items():
+        options = options if isinstance(options, list) else [options]
+        if not options:
             raise ConfigError(f"{path}: {key} has no values to try")
-        out[str(key)] = values
-    return out
+        values[str(key)] = options
+    keys = list(values)
+    return [[_override(k, v) for k, v in zip(keys, combo)] for combo in itertools.product(*(values[k] for k in keys))]
 
 
-def points(grid: dict[str, list]) -> list[list[str]]:
-    """Every combination of the grid as `key=value` overrides (values written as YAML, so lists survive)."""
-    keys = list(grid)
-    return [[f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}" for k, v in zip(keys, combo)]
-            for combo in itertools.product(*(grid[k] for k in keys))]  # fmt: skip
+def _override(key: str, value: object) -> str:
+    """`key=value` with the value written as YAML, so that lists and nulls survive the round trip."""
+    return f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
 
 
 def sweep(config: str | Path | None, grid_path: str | Path, overrides: list[str], env: DistEnv, name: str | None = None) -> dict:
     """Train every point of the grid, choose on validation, write the table and plot; returns sweep.json's content."""
     from mmdlrm.train import train
 
-    grid = read_grid(grid_path)
+    combos = read_grid(grid_path)
     base = load_config(config, overrides)
     sweep_name = name or Path(grid_path).stem
     folder = Path(base.output_dir) / sweep_name
-    combos = points(grid)
     for combo in combos:  # every point's config is checked before the first one trains
         load_config(config, [*overrides, *combo])
     task = build_task(base.model, base.eval)
@@ -91,10 +101,13 @@ def sweep(config: str | Path | None, grid_path: str | Path, overrides: list[str]
         log.info("sweep %s: point %d of %d: %s", sweep_name, index + 1, len(combos), " ".join(combo))
         results.append(_run_point(cfg, label, combo, env, train))
     pick = max(results, key=lambda p: p.val) if task.higher_is_better else min(results, key=lambda p: p.val)
+    names = [n for n, v in results[0].test.items() if isinstance(v, float)]
+    spread = {n: [float(np.mean([p.test[n] for p in results])), float(np.std([p.test[n] for p in results], ddof=1))
+                  if len(results) > 1 else 0.0] for n in names}  # fmt: skip
     summary = {
-        "sweep": sweep_name, "config": str(config), "overrides": overrides, "grid": grid, "monitor": task.monitor,
+        "sweep": sweep_name, "config": str(config), "overrides": overrides, "monitor": task.monitor,
         "higher_is_better": task.higher_is_better, "chosen": pick.name,
-        "points": [p.__dict__ for p in results],
+        "points": [p.__dict__ for p in results], "test_mean_sd": spread,
     }  # fmt: skip
     if env.is_rank0:
         folder.mkdir(parents=True, exist_ok=True)
@@ -127,4 +140,6 @@ def table(summary: dict) -> str:
         cells = [p["name"] + mark, " ".join(p["overrides"]), str(p["best_epoch"]), f"{p['val']:.4f}",
                  *[f"{p['test'][n]:.4f}" for n in names]]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
+    spread = summary["test_mean_sd"]
+    lines.append("| mean ± sd | over the points (e.g. folds) | | | " + " | ".join(f"{spread[n][0]:.4f} ± {spread[n][1]:.4f}" for n in names) + " |")
     return "\n".join(lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -15,15 +16,16 @@ from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from tqdm import tqdm
 
 from mmdlrm import run_folder
-from mmdlrm.config import RunConfig
+from mmdlrm.config import RunConfig, TrainConfig
 from mmdlrm.data.batches import BatchBuilder, BatchLoader
 from mmdlrm.data.prepare import Prepared, ensure_prepared, load_prepared
 from mmdlrm.data.tables import DataError
 from mmdlrm.distributed import checkpoint
 from mmdlrm.distributed.env import DistEnv, log0, rank0_decides
 from mmdlrm.distributed.sharding import Sharded, shard
-from mmdlrm.features.extract import ensure_features
-from mmdlrm.features.store import MovieVectors, load_vectors
+from mmdlrm.features.store import MovieVectors
+from mmdlrm.features.vectors import content_stores
+from mmdlrm.features.vectors import load_content as load_vectors
 from mmdlrm.inspection.board import Board
 from mmdlrm.inspection.plots import plot_curves
 from mmdlrm.model.tables import vocab_of
@@ -73,25 +75,21 @@ def build_model(cfg: RunConfig, data: Prepared, env: DistEnv, task: Task, conten
     module.init_output(task.initial_logit(data))
     local_batch = cfg.train.batch_size // env.world_size
     sparse = module.model.dlrm.sparse_arch
-    return shard(module, sparse, cfg.sharding, env, local_batch, cfg.model.embedding_dim, cfg.train.dense_lr)
+    return shard(module, sparse, cfg.sharding, env, local_batch, cfg.model.embedding_dim, cfg.train.dense_lr,
+                 cfg.train.dense_weight_decay)
 
 
 def load_content(cfg: RunConfig, data: Prepared, env: DistEnv) -> dict[str, MovieVectors]:
     """The content vectors the config asks for, per modality, in contiguous movie-id order.
 
-    The feature store is made on rank 0 on first use (every movie encoded once); the other ranks wait.
+    The feature stores are made on rank 0 on first use (every movie encoded once); the other ranks wait.
     """
-    modalities = [m for m, used in (("image", cfg.features.uses_image), ("text", cfg.features.uses_text)) if used]
-    if not modalities:
+    if not cfg.features.modality_names:
         return {}
-
-    def make_store() -> str:
-        release = Path(data.manifest["source"]["folder"])
-        movie_ids = data.movies["movie_id"].tolist()
-        return str(ensure_features(cfg.features, cfg.data, release, movie_ids, env.device, cfg.train.progress))
-
-    store = rank0_decides(env, make_store)
-    content = {m: load_vectors(store, data.movies["movie_id"], m) for m in modalities}
+    release = Path(data.manifest["source"]["folder"])
+    stores = rank0_decides(env, lambda: content_stores(cfg.features, cfg.data, release, data.movies["movie_id"], True,
+                                                       env.device, cfg.train.progress))  # fmt: skip
+    content = load_vectors(stores, data.movies["movie_id"])
     for m, v in content.items():
         log0(env, "content: %s vectors (%d-d) from %s for %d movies, %d missing", m, v.vectors.shape[1], v.model,
              len(v.missing), int(v.missing.sum()))  # fmt: skip
@@ -163,6 +161,7 @@ def train(cfg: RunConfig, env: DistEnv) -> TrainResult:
     setup = build(cfg, env)
     task, model, optimizer = setup.task, setup.sharded.model, setup.sharded.optimizer
     log0(env, "sharding plan:\n%s", setup.sharded.describe())
+    schedule = Schedule(optimizer, cfg.train, len(setup.loader))  # before a resumed state's rates are loaded
     state = _start(cfg, env, decision, model, optimizer)
     result = TrainResult(run_dir=run_dir, prepared_dir=setup.data.folder)
     board = Board(run_dir / "tensorboard") if cfg.train.tensorboard and env.is_rank0 else None
@@ -172,7 +171,7 @@ def train(cfg: RunConfig, env: DistEnv) -> TrainResult:
     references = {name: b["val"][task.monitor] for name, b in result.baselines.items()}
     checkpoints = run_dir / "checkpoints"
     while not state.done:
-        record = _train_epoch(model, optimizer, setup.loader, state, cfg, env, checkpoints / "last", board)
+        record = _train_epoch(model, optimizer, setup.loader, state, cfg, env, checkpoints / "last", board, schedule)
         record["val"], _, _ = task.evaluate(model, "val", setup.evaluation)
         value = record["val"][task.monitor]
         improved = task.better(value, state.best_value)
@@ -228,7 +227,7 @@ def _start(cfg: RunConfig, env: DistEnv, decision: str, model, optimizer) -> Tra
 
 
 def _train_epoch(model, optimizer, loader: BatchLoader, state: TrainState, cfg: RunConfig, env: DistEnv, last: Path,
-                 board: Board | None) -> dict:  # fmt: skip
+                 board: Board | None, schedule: Schedule) -> dict:  # fmt: skip
     """Train the rest of `state.epoch`, checkpointing `last` every `train.checkpoint_every` steps."""
     model.train()
     loader.set_epoch(state.epoch)
@@ -240,9 +239,11 @@ def _train_epoch(model, optimizer, loader: BatchLoader, state: TrainState, cfg: 
         unit_scale=True, desc=f"epoch {state.epoch}", disable=not (cfg.train.progress and env.is_rank0), leave=False,
         mininterval=1.0,
     )  # fmt: skip
+    schedule(state.epoch * len(loader) + first_step)
     for loss in training_steps(model, optimizer, loader.batches(first_step), env, _use_pipeline(cfg, env)):
         total_loss += loss
         state.step += 1
+        schedule(state.epoch * len(loader) + state.step)  # the rate of the next step
         bar.update(cfg.train.batch_size)
         if state.step % 50 == 0:
             bar.set_postfix(loss=f"{total_loss.item() / state.step:.4f}")
@@ -261,6 +262,37 @@ def _train_epoch(model, optimizer, loader: BatchLoader, state: TrainState, cfg: 
         "seconds": seconds,
         "samples_per_s": samples / seconds if seconds else 0.0,
     }
+
+
+def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
+    """The learning-rate multiplier at global step `step` of `total`: linear warm-up, then the configured decay."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.lr_decay == "none":
+        return 1.0
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.lr_decay == "cosine" else 1.0 - progress
+    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * shape
+
+
+class Schedule:
+    """Sets every optimiser's learning rate (dense AdamW, fused and unfused sparse) for a global step.
+
+    The rates are recomputed from the configured ones at every step, never read back, so a resumed run (whose
+    optimiser state holds the last step's rates) follows the same schedule.
+    """
+
+    def __init__(self, optimizer, cfg: TrainConfig, steps_per_epoch: int) -> None:
+        self.groups = optimizer.param_groups
+        self.base = [g["lr"] for g in self.groups]
+        self.cfg, self.total = cfg, cfg.max_epochs * steps_per_epoch
+        self.active = cfg.warmup_steps > 0 or cfg.lr_decay != "none"
+
+    def __call__(self, step: int) -> None:
+        if self.active:
+            factor = lr_factor(self.cfg, step, self.total)
+            for group, base in zip(self.groups, self.base):
+                group["lr"] = base * factor
 
 
 def _use_pipeline(cfg: RunConfig, env: DistEnv) -> bool:

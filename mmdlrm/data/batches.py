@@ -27,7 +27,15 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from mmdlrm.config import ModelConfig
 from mmdlrm.data.negatives import NegativeSampler
 from mmdlrm.data.prepare import Prepared
-from mmdlrm.schema import FIRST_YEAR, HISTORY_FEATURE, LAST_YEAR, SPARSE_FEATURES
+from mmdlrm.schema import (
+    COUNT_BUCKETS,
+    COUNT_FEATURES,
+    DEMOGRAPHIC_FEATURES,
+    FIRST_YEAR,
+    HISTORY_FEATURE,
+    LAST_YEAR,
+    SPARSE_FEATURES,
+)
 
 SHRINKAGE = 5.0
 """Pseudo-ratings at the global mean added to each user's and movie's mean (an empirical-Bayes prior)."""
@@ -109,6 +117,9 @@ class BatchBuilder:
             offsets_h = torch.from_numpy(offsets_h)
             self.history = (offsets_h[:-1], offsets_h[1:] - offsets_h[:-1], torch.from_numpy(values_h))
             self.keys.append(HISTORY_FEATURE)
+        self.extra = [name for name, _ in cfg.extra_features(data.manifest["counts"])]
+        self.keys += self.extra
+        self.user_codes = {n: torch.from_numpy(data.users[n].astype(np.int64)) for n in DEMOGRAPHIC_FEATURES if n in data.users}
 
     def build(self, rows: SplitRows, index: torch.Tensor, leave_one_out: bool = False, negatives: torch.Tensor | None = None) -> Batch:
         """The batch of `rows[index]`, followed by `negatives` (len(index) x k movie ids) if given.
@@ -130,10 +141,10 @@ class BatchBuilder:
             own = torch.cat([own, torch.zeros(positives * k)])
             seen = torch.cat([seen, torch.zeros(positives * k)])
             labels = torch.cat([torch.ones(positives), torch.zeros(positives * k)])
-        return MovieBatch(dense_features=self._dense(user, movie, own, seen), sparse_features=self._sparse(user, movie),
+        return MovieBatch(dense_features=self._dense(user, movie, own, seen), sparse_features=self._sparse(user, movie, seen),
                           labels=labels, movies=movie)  # fmt: skip
 
-    def _sparse(self, user: torch.Tensor, movie: torch.Tensor) -> KeyedJaggedTensor:
+    def _sparse(self, user: torch.Tensor, movie: torch.Tensor, seen: torch.Tensor) -> KeyedJaggedTensor:
         one = torch.ones(len(user), dtype=torch.int64)
         genre_position, _ = segments(self.genre_start[movie], self.genre_length[movie])
         genre_length = self.genre_length[movie]
@@ -146,7 +157,17 @@ class BatchBuilder:
             keep = kept != movie[row]  # the candidate is never part of its own history
             values.append(kept[keep])
             lengths.append(torch.bincount(row[keep], minlength=len(user)))
+        for name in self.extra:
+            values.append(self._extra(name, user, movie, seen))
+            lengths.append(one)
         return KeyedJaggedTensor(keys=self.keys, values=torch.cat(values), lengths=torch.cat(lengths))
+
+    def _extra(self, name: str, user: torch.Tensor, movie: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+        """One optional single-valued feature: a count bucket (leaving the row's own rating out) or a user code."""
+        if name in COUNT_FEATURES:
+            count = (self.user_count[user] if name == "user_activity" else self.movie_count[movie]) - seen
+            return torch.log2(1 + count.clamp(min=0)).long().clamp(max=COUNT_BUCKETS - 1)
+        return self.user_codes[name][user]
 
     def _dense(self, user: torch.Tensor, movie: torch.Tensor, own: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
         return torch.stack(

@@ -67,6 +67,8 @@ class Release:
     `ratings`: user_id int64, movie_id int64, rating float32 (stars), timestamp int64 (Unix seconds).
     `movies`: movie_id int64, title string, genres list<string> (empty list for no genres).
     `tags` (user_id, movie_id, tag, timestamp) and `links` (movie_id, imdb_id, tmdb_id) where the release has them.
+    `users` (user_id, age, gender, occupation, zip; strings but the id) where it has demographics (ml-100k's
+    u.user, ml-1m's users.dat).
     """
 
     kind: ReleaseKind
@@ -75,6 +77,7 @@ class Release:
     movies: pa.Table
     tags: pa.Table | None = None
     links: pa.Table | None = None
+    users: pa.Table | None = None
     files: list[Path] = field(default_factory=list)
     bad_rows: BadRows = field(default_factory=BadRows)
 
@@ -114,6 +117,9 @@ def read_release(folder: str | Path, on_bad_rows: OnBadRows = "error") -> Releas
     reader = {"csv": _read_csv_release, "dat": _read_dat_release, "100k": _read_100k_release}[kind]
     release = reader(folder, on_bad_rows, bad)
     release.bad_rows = bad
+    release.users = read_users(folder, kind)
+    if release.users is not None:
+        release.files.append(folder / USER_FILES[kind])
     release.ratings = _validate_ratings(release, on_bad_rows)
     release.files = [f for f in release.files if f.is_file()]
     log.info(
@@ -224,6 +230,85 @@ def _read_100k_release(folder: Path, on_bad_rows: OnBadRows, bad: BadRows) -> Re
         {"movie_id": items["movie_id"], "title": items["title"], "genres": pa.array(genres, pa.list_(pa.string()))}
     )
     return Release("100k", folder, ratings, movies, files=[folder / "u.data", folder / "u.item"])
+
+
+USER_FILES = {"100k": "u.user", "dat": "users.dat"}
+"""The demographics file of each layout that has one."""
+USER_COLUMNS = ["user_id", "age", "gender", "occupation", "zip"]
+
+
+def read_users(folder: str | Path, kind: ReleaseKind) -> pa.Table | None:
+    """Demographics by user id, or None where the release has none (the CSV releases).
+
+    ml-100k `u.user`: `id|age|gender|occupation|zip`, age in years, occupation a word (Latin-1).
+    ml-1m `users.dat`: `UserID::Gender::Age::Occupation::Zip-code`, age a range code (1, 18, 25, ...),
+    occupation a number. Columns come back as user_id (int64) and strings, in USER_COLUMNS order.
+    """
+    name = USER_FILES.get(kind)
+    path = Path(folder) / name if name else None
+    if path is None or not path.is_file():
+        return None
+    strings = {c: pa.string() for c in USER_COLUMNS[1:]}
+    if kind == "100k":
+        fmt, names = TextFormat(delimiter="|", header=False, encoding="latin-1", quoting=False), USER_COLUMNS
+    else:
+        fmt, names = _DAT, ["user_id", "gender", "age", "occupation", "zip"]
+    table = read_table(path, {"user_id": pa.int64(), **strings}, fmt, names=names)
+    return table.select(USER_COLUMNS)
+
+
+FOLDS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
+"""ml-100k's predefined splits: u1..u5 are five disjoint 80/20 folds, ua/ub hold out 10 ratings per user."""
+
+
+def read_fold(folder: str | Path, fold: str) -> tuple[pa.Table, pa.Table]:
+    """The (base, test) ratings of one of ml-100k's predefined splits, `<fold>.base` and `<fold>.test`.
+
+    Raises:
+        DataError: an unknown fold name, or a fold file missing (the message lists the folds present).
+    """
+    folder = Path(folder)
+    if fold not in FOLDS:
+        raise DataError(f"data.fold={fold!r}: ml-100k's predefined splits are {', '.join(FOLDS)}")
+    present = [f for f in FOLDS if (folder / f"{f}.base").is_file() and (folder / f"{f}.test").is_file()]
+    out = []
+    for part in ("base", "test"):
+        path = folder / f"{fold}.{part}"
+        if not path.is_file():
+            found = f"folds here: {', '.join(present)}" if present else "no fold files here (they come with ml-100k)"
+            raise DataError(f"{path}: no such file ({found}); pick another data.fold, or data.split=random")
+        columns = {"user_id": pa.int64(), "movie_id": pa.int64(), "rating": pa.float32(), "timestamp": pa.int64()}
+        out.append(read_table(path, columns, _U_DATA, names=_RATINGS_NAMES))
+    return out[0], out[1]
+
+
+GENOME_FILE = "genome-scores.csv"
+
+
+def read_genome(folder: str | Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """The tag genome (ml-20m/25m/32m `genome-scores.csv`: movieId, tagId, relevance), or None where absent.
+
+    Returns:
+        (movie ids, sorted; their relevance vectors, movies x tags float32), tags in tagId order.
+
+    Raises:
+        DataError: a movie without a score for every tag (the genome is dense by construction).
+    """
+    path = Path(folder) / GENOME_FILE
+    if not path.is_file():
+        return None
+    table = read_table(path, {"movieId": pa.int64(), "tagId": pa.int64(), "relevance": pa.float32()}, _CSV)
+    movie, tag = table["movieId"].to_numpy(), table["tagId"].to_numpy()
+    movie_ids, movie_row = np.unique(movie, return_inverse=True)
+    tag_ids, tag_column = np.unique(tag, return_inverse=True)
+    if len(movie) != len(movie_ids) * len(tag_ids):
+        raise DataError(
+            f"{path}: {len(movie):,} scores for {len(movie_ids):,} movies x {len(tag_ids):,} tags; every movie needs "
+            "a score for every tag (is the file complete?)"
+        )
+    matrix = np.zeros((len(movie_ids), len(tag_ids)), np.float32)
+    matrix[movie_row, tag_column] = table["relevance"].to_numpy()
+    return movie_ids, matrix
 
 
 def _split_genres(movies: pa.Table) -> pa.Table:

@@ -29,13 +29,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mmdlrm.config import SYNTHETIC, DataConfig
-from mmdlrm.data.movielens import Release, parse_years, read_release
+from mmdlrm.data.movielens import Release, parse_years, read_fold, read_release
 from mmdlrm.data.synthetic import generate
 from mmdlrm.data.tables import DataError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SPLITS = ("train", "val", "test")
 
 
@@ -68,7 +68,9 @@ class Prepared:
         return float(self.manifest["train_mean_rating"])
 
 
-def prepare(release: Release, out_dir: str | Path, split: str, val_fraction: float, test_fraction: float, seed: int) -> Path:
+def prepare(
+    release: Release, out_dir: str | Path, split: str, val_fraction: float, test_fraction: float, seed: int, fold: str = "u1"
+) -> Path:
     """Write the prepared dataset for `release` into `out_dir` (atomically: a tmp sibling swapped in at the end).
 
     Raises:
@@ -79,7 +81,12 @@ def prepare(release: Release, out_dir: str | Path, split: str, val_fraction: flo
     target = _check_out_dir(release.folder, out)
     movies, user_ids, users, items = _contiguous_ids(release)
     timestamp = release.ratings["timestamp"].to_numpy()
-    assignment = split_rows(users, timestamp, items, split, val_fraction, test_fraction, seed)
+    split_info: dict = {"kind": split, "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}
+    if split == "files":
+        assignment = fold_assignment(release, fold, val_fraction, seed)
+        split_info |= {"fold": fold, **_cold_in_test(users, items, assignment)}
+    else:
+        assignment = split_rows(users, timestamp, items, split, val_fraction, test_fraction, seed)
     counts = dict(zip(SPLITS, np.bincount(assignment, minlength=len(SPLITS)).tolist()))
     _check_split_sizes(release, counts, split, val_fraction, test_fraction)
 
@@ -87,14 +94,15 @@ def prepare(release: Release, out_dir: str | Path, split: str, val_fraction: flo
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         manifest = _write_dataset(tmp, release, movies, user_ids, users, items, assignment)
-        manifest["split"] = {"kind": split, "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}
+        manifest["split"] = split_info
         manifest["counts"].update(counts)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         _swap_in(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # only the folder this call made
         raise
-    log.info("prepared %s -> %s (%s)", release.folder, out, ", ".join(f"{k} {v:,}" for k, v in manifest["counts"].items()))
+    sizes = ", ".join(f"{k} {v:,}" for k, v in manifest["counts"].items() if isinstance(v, int))
+    log.info("prepared %s -> %s (%s)", release.folder, out, sizes)
     return out
 
 
@@ -124,7 +132,7 @@ def _write_dataset(
         pq.write_table(table, folder / f"{name}.parquet", compression="zstd")
     train = assignment == 0
     genre_names = sorted(set(pc.list_flatten(movies["genres"]).to_pylist()))
-    _write_users(folder / "users.parquet", user_ids, users[train], rating[train])
+    user_features = _write_users(folder / "users.parquet", user_ids, users[train], rating[train], release.users)
     _write_movies(folder / "movies.parquet", movies, genre_names, items[train], rating[train])
     return {
         "format_version": FORMAT_VERSION,
@@ -135,7 +143,8 @@ def _write_dataset(
             "bad_rows_skipped": release.bad_rows.counts,
         },
         "split": {},
-        "counts": {"users": len(user_ids), "movies": movies.num_rows, "genres": len(genre_names), "ratings": len(rating)},
+        "counts": {"users": len(user_ids), "movies": movies.num_rows, "genres": len(genre_names), "ratings": len(rating),
+                   "user_features": user_features},  # fmt: skip
         "train_mean_rating": float(rating[train].astype(np.float64).mean()),
         "genres": genre_names,
     }
@@ -211,7 +220,9 @@ def split_rows(
     """Assign each rating to 0 = train, 1 = val, 2 = test.
 
     `random`: a seeded permutation; `temporal`: for each user, the latest `test_fraction` of their ratings go to
-    test and the `val_fraction` before those to val (ties in time broken by movie, so the result is stable).
+    test and the `val_fraction` before those to val (ties in time broken by movie, so the result is stable);
+    `cold_movies`: a seeded `test_fraction` of the rated movies, and another `val_fraction`, are held out whole:
+    every rating of such a movie goes to test (or val), so the model meets them only through their content.
     """
     n = len(users)
     out = np.zeros(n, dtype=np.int8)
@@ -221,8 +232,16 @@ def split_rows(
         out[perm[:n_test]] = 2
         out[perm[n_test : n_test + n_val]] = 1
         return out
+    if split == "cold_movies":
+        rated = np.unique(movies)
+        perm = np.random.default_rng(seed).permutation(rated)
+        n_test, n_val = int(round(len(rated) * test_fraction)), int(round(len(rated) * val_fraction))
+        held = np.zeros(int(movies.max()) + 1, dtype=np.int8)
+        held[perm[:n_test]] = 2
+        held[perm[n_test : n_test + n_val]] = 1
+        return held[movies]
     if split != "temporal":
-        raise ValueError(f"unknown split {split!r}; use random or temporal")
+        raise ValueError(f"unknown split {split!r}; use random, temporal, cold_movies or files")
     order = np.lexsort((movies, timestamp, users))
     sorted_users = users[order]
     per_user = np.bincount(users)
@@ -236,16 +255,88 @@ def split_rows(
     return out
 
 
-def _write_users(path: Path, user_ids: np.ndarray, users: np.ndarray, rating: np.ndarray) -> None:
+def fold_assignment(release: Release, fold: str, val_fraction: float, seed: int) -> np.ndarray:
+    """0 / 1 / 2 per rating from ml-100k's `<fold>.base` / `<fold>.test`, validation carved from the base by seed.
+
+    Raises:
+        DataError: the fold files are missing, or they and the release's ratings are not the same ratings.
+    """
+    base, test = read_fold(release.folder, fold)
+    ratings = release.ratings
+    span = int(max(ratings["movie_id"].to_numpy().max(), base["movie_id"].to_numpy().max(), test["movie_id"].to_numpy().max())) + 1
+    key = lambda t: t["user_id"].to_numpy() * span + t["movie_id"].to_numpy()  # noqa: E731
+    rows, in_base, in_test = key(ratings), key(base), key(test)
+    out = np.full(len(rows), -1, dtype=np.int8)
+    out[np.isin(rows, in_test)] = 2
+    base_rows = np.flatnonzero(np.isin(rows, in_base) & (out < 0))
+    out[base_rows] = 0
+    out[np.random.default_rng(seed).permutation(base_rows)[: int(round(len(base_rows) * val_fraction))]] = 1
+    unmatched = int((out < 0).sum()) + int((~np.isin(in_base, rows)).sum()) + int((~np.isin(in_test, rows)).sum())
+    if unmatched:
+        raise DataError(
+            f"{release.folder}: {fold}.base and {fold}.test do not hold the same ratings as {release.files[0].name} "
+            f"({unmatched:,} ratings are in one and not the other); are they from this release?"
+        )
+    return out
+
+
+def _cold_in_test(users: np.ndarray, items: np.ndarray, assignment: np.ndarray) -> dict:
+    """How many test ratings have a user or a movie the training part never saw (logged; they stay in test)."""
+    train = assignment == 0
+    test = assignment == 2
+    new_user = ~np.isin(users[test], np.unique(users[train]))
+    new_movie = ~np.isin(items[test], np.unique(items[train]))
+    if new_user.any() or new_movie.any():
+        log.warning(
+            "%d test ratings have a user and %d a movie absent from the training part; they are scored with ids "
+            "the model never trained (biases fall back to the mean)", int(new_user.sum()), int(new_movie.sum()),
+        )  # fmt: skip
+    return {"test_ratings_of_unseen_users": int(new_user.sum()), "test_ratings_of_unseen_movies": int(new_movie.sum())}
+
+
+AGE_BOUNDS = np.array([18, 25, 35, 45, 50, 56])
+"""ml-1m's age ranges (under 18, 18-24, ..., 56+); ml-100k's ages in years are bucketed the same way."""
+ZIP_PREFIX = 2
+"""Zip codes are kept to their first characters (a region): full codes are nearly one per user."""
+
+
+def user_feature_codes(user_ids: np.ndarray, demographics: pa.Table | None) -> dict[str, np.ndarray]:
+    """Per user (in `user_ids` order) a code for age, gender, occupation and zip region; 0 where unknown."""
+    if demographics is None:
+        return {}
+    position = np.searchsorted(user_ids, demographics["user_id"].to_numpy())
+    found = (position < len(user_ids)) & (user_ids[position.clip(max=len(user_ids) - 1)] == demographics["user_id"].to_numpy())
+    codes = {}
+    age = pc.cast(pc.utf8_trim_whitespace(demographics["age"]), pa.int64(), safe=False).to_numpy(zero_copy_only=False)
+    codes["age"] = np.searchsorted(AGE_BOUNDS, age, side="right") + 1
+    gender = pc.utf8_upper(pc.utf8_trim_whitespace(demographics["gender"])).to_numpy(zero_copy_only=False)
+    codes["gender"] = np.select([gender == "M", gender == "F"], [1, 2], 0)
+    for name, values in (("occupation", demographics["occupation"]), ("zip", pc.utf8_slice_codeunits(demographics["zip"], 0, ZIP_PREFIX))):
+        text = pc.utf8_lower(pc.utf8_trim_whitespace(values)).to_numpy(zero_copy_only=False)
+        vocabulary, index = np.unique(text, return_inverse=True)
+        codes[name] = index + 1
+    out = {}
+    for name, values in codes.items():
+        column = np.zeros(len(user_ids), dtype=np.int32)
+        column[position[found]] = values[found]
+        out[name] = column
+    return out
+
+
+def _write_users(path: Path, user_ids: np.ndarray, users: np.ndarray, rating: np.ndarray, demographics: pa.Table | None) -> dict:
+    """users.parquet: ids, training counts and sums, and demographic codes; returns each code's table size."""
     n = len(user_ids)
+    codes = user_feature_codes(user_ids, demographics)
     table = pa.table(
         {
             "user_id": user_ids,
             "train_count": np.bincount(users, minlength=n).astype(np.int32),
             "train_sum": np.bincount(users, weights=rating, minlength=n).astype(np.float32),
+            **codes,
         }
     )
     pq.write_table(table, path, compression="zstd")
+    return {name: int(column.max()) + 1 for name, column in codes.items()}
 
 
 def _write_movies(path: Path, movies: pa.Table, genre_names: list[str], items: np.ndarray, rating: np.ndarray) -> None:
@@ -321,12 +412,14 @@ def ensure_prepared(cfg: DataConfig) -> Path:
         source = Path(cfg.source)
     settings = {"source": str(source.resolve()), "split": cfg.split, "val": cfg.val_fraction, "test": cfg.test_fraction,
                 "seed": cfg.seed, "on_bad_rows": cfg.on_bad_rows, "format": FORMAT_VERSION}  # fmt: skip
+    if cfg.split == "files":
+        settings["fold"] = cfg.fold
     out = cache / "prepared" / f"{source.name}-{_settings_key(settings)}"
     if _is_current(out, source):
         log.info("using prepared dataset %s", out)
         return out
     release = read_release(source, cfg.on_bad_rows)
-    return prepare(release, out, cfg.split, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    return prepare(release, out, cfg.split, cfg.val_fraction, cfg.test_fraction, cfg.seed, cfg.fold)
 
 
 def _is_current(out: Path, source: Path) -> bool:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from fbgemm_gpu.split_table_batched_embeddings_ops_training import WeightDecayMode
 from torch import nn
 from torchrec.distributed import DistributedModelParallel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
@@ -70,6 +71,18 @@ def check_capabilities(cfg: ShardingConfig, device: torch.device, tables: list[s
             raise ConfigError(
                 f"sharding.tables.{feature}.compute_kernel={wanted.compute_kernel} needs CUDA; on cpu use fused or dense"
             )
+        if cfg.sparse_weight_decay and (replicated or wanted.compute_kernel == "dense"):
+            raise ConfigError(
+                f"{key}={wanted.sharding_type} with sharding.sparse_weight_decay: replicated tables are trained by a "
+                "dense optimiser that would decay every row, not only the rows a batch touches; use table_wise, "
+                "column_wise or table_column_wise (fused kernels)"
+            )
+    if cfg.sparse_weight_decay and device.type != "cuda":
+        raise ConfigError(
+            "sharding.sparse_weight_decay needs CUDA: FBGEMM's CPU row-wise Adagrad kernel (fbgemm-gpu-cpu 1.9) ignores "
+            "weight decay (its update equals the undecayed one); on CPU use model.embedding_l2, which decays the "
+            "same touched rows through the loss"
+        )
     if cfg.sparse_optimizer not in SPARSE_OPTIMIZERS:
         raise ConfigError(f"sharding.sparse_optimizer={cfg.sparse_optimizer}; use one of {', '.join(SPARSE_OPTIMIZERS)}")
 
@@ -100,16 +113,31 @@ def constraints(cfg: ShardingConfig, env: DistEnv, embedding_dim: int, tables: l
     for table in tables:
         wanted = cfg.table(table_feature(table))
         out[table] = ParameterConstraints(
-            sharding_types=[wanted.sharding_type] if wanted.sharding_type else list(supported_sharding_types(env.device)),
+            sharding_types=[wanted.sharding_type] if wanted.sharding_type else _candidates(cfg, env.device),
             compute_kernels=[wanted.compute_kernel] if wanted.compute_kernel else None,
             min_partition=min_partition,
         )
     return out
 
 
+def sharders(cfg: ShardingConfig) -> list[EmbeddingBagCollectionSharder]:
+    """TorchRec's sharder, with the fused-kernel settings the optimiser's own arguments cannot carry."""
+    fused = {}
+    if cfg.sparse_weight_decay:  # the weight decay itself travels with the optimiser's arguments
+        fused["weight_decay_mode"] = WeightDecayMode.L2 if cfg.sparse_weight_decay_mode == "l2" else WeightDecayMode.DECOUPLE
+    return [EmbeddingBagCollectionSharder(fused_params=fused or None)]
+
+
 def table_names(module: nn.Module) -> list[str]:
     """Names of the embedding tables inside `module` (every EmbeddingBagCollection it holds)."""
     return [t.name for m in module.modules() if isinstance(m, EmbeddingBagCollection) for t in m.embedding_bag_configs()]
+
+
+def _candidates(cfg: ShardingConfig, device: torch.device) -> list[str]:
+    """Sharding types the planner may pick for a table without its own: all the device supports, but with sparse
+    weight decay only fused ones (data_parallel would decay rows no batch touched)."""
+    types = supported_sharding_types(device)
+    return [t for t in types if not (cfg.sparse_weight_decay and t == "data_parallel")]
 
 
 def make_planner(
@@ -135,7 +163,7 @@ def plan_sharding(
     tables = table_names(module)
     check_capabilities(cfg, env.device, tables)
     planner = make_planner(cfg, env, batch_size, embedding_dim, tables)
-    plan = planner.collective_plan(module, [EmbeddingBagCollectionSharder()], dist.GroupMember.WORLD)
+    plan = planner.collective_plan(module, sharders(cfg), dist.GroupMember.WORLD)
     estimate = dict.fromkeys(range(env.world_size), 0)
     for option in planner.get_selected_options():  # rank 0 planned for everyone (collective_plan broadcasts)
         for placed in option.shards:
@@ -167,8 +195,9 @@ def shard(
     batch_size: int,
     embedding_dim: int,
     dense_lr: float,
+    dense_weight_decay: float = 0.0,
 ) -> Sharded:
-    """Fuse the sparse optimiser into the backward pass, shard with DistributedModelParallel, add dense Adam.
+    """Fuse the sparse optimiser into the backward pass, shard with DistributedModelParallel, add dense AdamW.
 
     Args:
         module: the whole task module (tables on the meta device).
@@ -179,16 +208,19 @@ def shard(
     optimizer_class = SPARSE_OPTIMIZERS[cfg.sparse_optimizer]
     # FBGEMM's fused kernels default to eps=1e-8, torch's Adagrad to 1e-10: pin it so fused and unfused agree.
     kwargs = {"lr": cfg.sparse_lr} if cfg.sparse_optimizer == "sgd" else {"lr": cfg.sparse_lr, "eps": ADAGRAD_EPS}
+    if cfg.sparse_weight_decay:
+        kwargs["weight_decay"] = cfg.sparse_weight_decay
     apply_optimizer_in_backward(optimizer_class, sparse_params.parameters(), dict(kwargs))  # it adds keys
     plan, estimate = plan_sharding(module, cfg, env, batch_size, embedding_dim)
-    model = DistributedModelParallel(module, device=env.device, plan=plan)
+    model = DistributedModelParallel(module, device=env.device, plan=plan, sharders=sharders(cfg))
     rest = dict(in_backward_optimizer_filter(model.named_parameters()))
     # Dense Adam runs fused (one kernel over all parameters; CPU and CUDA): about 40 % off its step time here.
     # Tables the plan keeps unfused (data_parallel, or a `dense` kernel) still get the sparse optimiser, so that
     # a table trains the same way whatever the planner decides; every other parameter gets Adam.
     tables = {name: p for name, p in rest.items() if EMBEDDING_PARAM in name}
     dense = {name: p for name, p in rest.items() if EMBEDDING_PARAM not in name}
-    optimizers = [model.fused_optimizer, KeyedOptimizerWrapper(dense, lambda ps: torch.optim.Adam(ps, lr=dense_lr, fused=True))]
+    adam = lambda ps: torch.optim.AdamW(ps, lr=dense_lr, weight_decay=dense_weight_decay, fused=True)  # noqa: E731
+    optimizers = [model.fused_optimizer, KeyedOptimizerWrapper(dense, adam)]
     if tables:
         sparse = KeyedOptimizerWrapper(tables, lambda ps: optimizer_class(ps, **kwargs))
         optimizers.insert(1, ("unfused_tables", sparse))

@@ -45,6 +45,10 @@ class MovieDLRM(nn.Module):
             over_arch_layer_sizes=[*cfg.over_arch, 1],
             dense_device=device,
         )
+        if cfg.dropout:  # after each hidden layer of the over arch; the output layer stays last
+            hidden, output = self.dlrm.over_arch.model
+            layers = [m for layer in hidden._mlp for m in (layer, nn.Dropout(cfg.dropout))]
+            self.dlrm.over_arch.model = nn.Sequential(*layers, output)
 
     @property
     def output_layer(self) -> nn.Linear:
@@ -55,6 +59,20 @@ class MovieDLRM(nn.Module):
         self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor, movies: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Logits of size B; `movies` (B movie ids) is needed when the model reads content vectors."""
+        return self.score(dense_features, sparse_features, movies)[0]
+
+    def score(
+        self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor, movies: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits of size B, and the batch mean of the squared norms of the looked-up (pooled) embeddings.
+
+        The second is the embedding L2 penalty's base: its gradient reaches only the rows the batch looked up.
+        The steps are TorchRec's DLRM.forward, spelt out to keep the pooled embeddings.
+        """
         if self.content is not None:
             dense_features = torch.cat([dense_features, self.content(movies)], dim=1)
-        return self.dlrm(dense_features=dense_features, sparse_features=sparse_features).squeeze(-1)
+        embedded_dense = self.dlrm.dense_arch(dense_features)
+        embedded_sparse = self.dlrm.sparse_arch(sparse_features)  # B x F x D
+        interactions = self.dlrm.inter_arch(dense_features=embedded_dense, sparse_features=embedded_sparse)
+        logits = self.dlrm.over_arch(interactions).squeeze(-1)
+        return logits, embedded_sparse.pow(2).sum(dim=(1, 2)).mean() if len(logits) else logits.sum()

@@ -35,7 +35,8 @@ class Vocab:
 
 def vocab_of(cfg: ModelConfig, counts: dict) -> Vocab:
     """Table sizes of a model built from `cfg` on a prepared dataset with these `counts` (its manifest's)."""
-    return Vocab(counts["users"], counts["movies"], counts["genres"], num_year_buckets(cfg.year_bucket_years))
+    return Vocab(counts["users"], counts["movies"], counts["genres"], num_year_buckets(cfg.year_bucket_years),
+                 tuple(cfg.extra_features(counts)))  # fmt: skip
 
 
 @dataclass(frozen=True)

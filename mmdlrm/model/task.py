@@ -37,10 +37,11 @@ class TaskModule(nn.Module):
     users, need not have the layout a training loss expects) and is returned as 0.
     """
 
-    def __init__(self, model: MovieDLRM, objective: Objective) -> None:
+    def __init__(self, model: MovieDLRM, objective: Objective, embedding_l2: float = 0.0) -> None:
         super().__init__()
         self.model = model
         self.objective = objective
+        self.embedding_l2 = embedding_l2
 
     def init_output(self, logit: float) -> None:
         """Start the output layer's bias at `logit` (the task picks it, e.g. where predictions equal the mean)."""
@@ -52,10 +53,14 @@ class TaskModule(nn.Module):
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         movies = getattr(batch, "movies", None)
-        logits = self.model(batch.dense_features, batch.sparse_features, movies)
+        logits, squares = self.model.score(batch.dense_features, batch.sparse_features, movies)
         preds = self.objective.predictions(logits)
         labels = batch.labels.float()
-        loss = self.objective.loss(logits, labels, movies) if self.training else logits.new_zeros(())
+        loss = logits.new_zeros(())
+        if self.training:
+            loss = self.objective.loss(logits, labels, movies)
+            if self.embedding_l2:
+                loss = loss + self.embedding_l2 * squares
         return loss, (loss.detach(), preds.detach(), labels.detach())
 
 
@@ -75,4 +80,4 @@ def build_task_module(
     """
     model = MovieDLRM(cfg, vocab, dense_in, device=device, sparse_device=torch.device(sparse_device),
                       content_dims=content_dims, projection_dim=projection_dim)  # fmt: skip
-    return TaskModule(model, objective)
+    return TaskModule(model, objective, cfg.embedding_l2)

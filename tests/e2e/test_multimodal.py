@@ -57,3 +57,24 @@ def test_features_command_and_missing_posters_error(tmp_path, capsys):
     no_media = ["train", *base, "data.synthetic.media=false", "features.modalities=image", f"output_dir={tmp_path}"]
     assert main(no_media) == 2
     assert "features.modalities uses images but no posters are given; set features.posters=" in capsys.readouterr().err
+
+
+def test_tag_genome_is_a_content_modality_where_the_release_has_one(tmp_path, capsys):
+    release = tmp_path / "release"
+    sizes = ["data.synthetic.num_users=200", "data.synthetic.num_movies=60", "data.synthetic.num_ratings=6000",
+             "data.synthetic.media=false"]  # fmt: skip
+    assert main(["synth", str(release), *sizes]) == 0
+    movies = [int(line.split(",")[0]) for line in (release / "movies.csv").read_text().splitlines()[1:]]
+    covered = movies[::2]  # the genome covers every other movie
+    rows = [f"{m},{t},{((m * 7 + t * 3) % 100) / 100:.3f}" for m in covered for t in range(1, 9)]
+    (release / "genome-scores.csv").write_text("movieId,tagId,relevance\n" + "\n".join(rows) + "\n")
+    args = ["train", "--config", str(REPO / "configs" / "debug.yaml"), f"data.source={release}", f"output_dir={tmp_path / 'runs'}",
+            f"data.cache_dir={tmp_path / 'data'}", "features.genome=true", "train.max_epochs=1", "train.min_epochs=1"]  # fmt: skip
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert f"content: genome vectors (8-d) from tag-genome for {len(movies)} movies, {len(movies) - len(covered)} missing" in err
+    exported = load_exported(export_run(tmp_path / "runs" / "debug"))
+    assert exported.task.model.content.modalities == ["genome"]
+    (release / "genome-scores.csv").unlink()  # a release without a genome trains without it
+    assert main([*args, "name=no-genome"]) == 0
+    assert "has no genome-scores.csv; training without the tag genome" in capsys.readouterr().err

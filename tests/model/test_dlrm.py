@@ -110,3 +110,25 @@ def test_build_task_leaves_tables_for_dmp_on_meta():
     table = task.model.dlrm.sparse_arch.embedding_bag_collection.embedding_bags["t_user"].weight
     assert table.is_meta
     assert not task.model.output_layer.weight.is_meta
+
+
+def test_score_gives_the_mean_squared_norm_of_the_looked_up_embeddings():
+    model = MovieDLRM(CFG, VOCAB, 5, sparse_device=torch.device("cpu"))
+    dense, kjt = _inputs()
+    logits, squares = model.score(dense, kjt)
+    torch.testing.assert_close(logits, model(dense, kjt))
+    pooled = model.dlrm.sparse_arch(kjt)  # B x F x D
+    assert squares.item() == pytest.approx(sum(pooled[b].pow(2).sum().item() for b in range(3)) / 3, rel=1e-5)
+
+
+def test_dropout_sits_after_each_hidden_over_layer_and_only_in_training():
+    cfg = ModelConfig(embedding_dim=4, dense_arch=[6], over_arch=[8, 5], dropout=0.5)
+    model = MovieDLRM(cfg, VOCAB, 5, sparse_device=torch.device("cpu"))
+    kinds = [type(m).__name__ for m in model.dlrm.over_arch.model]
+    assert kinds == ["Perceptron", "Dropout", "Perceptron", "Dropout", "Linear"] and model.output_layer is model.dlrm.over_arch.model[-1]
+    dense, kjt = _inputs()
+    model.eval()
+    torch.testing.assert_close(model(dense, kjt), model(dense, kjt))
+    model.train()
+    torch.manual_seed(0)
+    assert not torch.equal(model(dense, kjt), model(dense, kjt))
