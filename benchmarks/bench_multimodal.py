@@ -1,16 +1,22 @@
 """Multimodal ablation and costs: ids only, + text, + image, + both, with the same seed and budget.
 
-On the built-in synthetic release (configs/synthetic.yaml: posters and summaries that show each movie's hidden
-quality and traits), with a randomly initialised small CLIP for posters (no weights can be downloaded here) and
-the real all-MiniLM-L6-v2 for summaries:
+By default on the built-in synthetic release (configs/synthetic.yaml: ml-25m CSV layout, generated under
+data.cache_dir, with posters and summaries that show each movie's hidden quality and traits), with a randomly
+initialised small CLIP for posters (no weights can be downloaded here) and the real all-MiniLM-L6-v2 for summaries:
 - extraction throughput: posters/s (decode in DataLoader workers + CLIP) and texts/s (MiniLM, and CLIP's text
-  tower), each measured on the release's own inputs;
+  tower), each measured on the release's own inputs (synthetic release only);
 - test RMSE of each variant, overall and on the cold-start slice (movies with few training ratings), beside the
   user+movie bias baseline; every variant trains the same number of epochs from the same seed;
 - training samples/s of each variant as a ratio to ids only (the cost of the dense content features).
 
+`--config` and `data.source=` run it on any MovieLens release the readers know (CSV, ml-1m / ml-10m `.dat`,
+ml-100k), text only unless posters are given. The release it ran on (folder, layout and files, counts, split; from
+the prepared manifest) is printed first and written to the JSON as "release".
+
     python benchmarks/bench_multimodal.py                    # about 6 minutes on 2 cores
     python benchmarks/bench_multimodal.py --config configs/ml-latest-small-text.yaml --variants none text
+    python benchmarks/bench_multimodal.py --config configs/ml-latest-small-text.yaml data.source=/path/to/ml-100k \
+        features.summaries=<summaries CSV keyed by its movieIds> --variants none text
 Prints tables and writes benchmarks/results/multimodal.json.
 """
 
@@ -30,7 +36,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import print_table, write_json  # noqa: E402
-from mmdlrm.config import load_config  # noqa: E402
+from mmdlrm.config import DataConfig, load_config  # noqa: E402
 from mmdlrm.data.prepare import ensure_prepared  # noqa: E402
 from mmdlrm.distributed.env import init_distributed, teardown  # noqa: E402
 from mmdlrm.features.encoders import build_encoders  # noqa: E402
@@ -40,6 +46,16 @@ from mmdlrm.train import train  # noqa: E402
 
 SYNTHETIC_FEATURES = ["features.clip_model=mmdlrm-tiny-clip", "features.clip_pretrained=random",
                       "features.text_encoder=minilm"]  # fmt: skip
+
+
+def release_info(data: DataConfig) -> dict:
+    """The release the ablation runs on, from its prepared manifest: folder, layout and files, counts, split."""
+    prepared = ensure_prepared(data)
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    source = manifest["source"]
+    counts = {k: v for k, v in manifest["counts"].items() if k in ("users", "movies", "ratings")}
+    return {"source": data.source, "folder": source["folder"], "kind": source["kind"], "files": sorted(source["files"]),
+            "counts": counts, "split": manifest["split"], "prepared": str(prepared)}  # fmt: skip
 
 
 def bench_extraction(cfg, release: Path) -> list[dict]:
@@ -82,15 +98,15 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("mmdlrm").setLevel(logging.INFO)
 
-    synthetic = load_config(args.config).data.source == "synthetic"
+    synthetic = load_config(args.config, args.overrides).data.source == "synthetic"  # data.source= may override
     base = [*(SYNTHETIC_FEATURES if synthetic else []), *args.overrides, f"output_dir={args.output_dir}",
             f"train.max_epochs={args.epochs}", f"train.min_epochs={args.epochs}", "train.progress=false"]  # fmt: skip
-    extraction = []
-    if synthetic:
-        cfg = load_config(args.config, base)
-        prepared = ensure_prepared(cfg.data)
-        release = Path(json.loads((prepared / "manifest.json").read_text())["source"]["folder"])
-        extraction = bench_extraction(cfg.features, release)
+    cfg = load_config(args.config, base)
+    release = release_info(cfg.data)
+    print(f"release: {release['folder']} ({release['kind']} layout: {', '.join(release['files'])}; "
+          f"{release['counts']['users']:,} users, {release['counts']['movies']:,} movies, "
+          f"{release['counts']['ratings']:,} ratings; {release['split']['kind']} split)")  # fmt: skip
+    extraction = bench_extraction(cfg.features, Path(release["folder"])) if synthetic else []
 
     variants, rows = [], []
     for modality in args.variants:
@@ -116,7 +132,8 @@ def main() -> None:
         print()
     print_table(rows, ["modalities", "test_rmse", "cold_rmse", "cold_vs_ids_only", "bias_rmse", "bias_cold_rmse",
                        "samples_per_s", "speed_vs_ids_only"])  # fmt: skip
-    path = write_json("multimodal", {"args": vars(args), "extraction": extraction, "variants": variants, "table": rows}, args.out)
+    payload = {"args": vars(args), "release": release, "extraction": extraction, "variants": variants, "table": rows}
+    path = write_json("multimodal", payload, args.out)
     print(f"\nwrote {path}")
 
 

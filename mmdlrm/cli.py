@@ -41,9 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     clip = features_sub.add_parser("clip", help="encode each movie's poster and summary once into the feature store "
                                    "(features.posters, features.summaries, features.store)")
     texts = features_sub.add_parser("summaries", help="write summaries.csv from TMDB / MeLU / DBpedia texts")
-    texts.add_argument("--links", type=Path, help="MovieLens links.csv (joins TMDB ids)")
-    texts.add_argument("--tmdb", type=Path, help="TMDB movies CSV with id and overview (needs --links)")
-    texts.add_argument("--melu", type=Path, help="MeLU movies_extrainfos.dat (ml-1m plots)")
+    texts.add_argument("--links", type=Path, help="MovieLens links.csv, or the release folder holding it (maps "
+                       "TMDB ids to movieIds; only the CSV releases have one)")
+    texts.add_argument("--tmdb", type=Path, help="TMDB movies CSV with id and overview (joined through --links)")
+    texts.add_argument("--melu", type=Path, help="MeLU movies_extrainfos.dat (ml-1m plots, keyed by movieId)")
     texts.add_argument("--dbpedia", type=Path, help="JSON {movieId: abstract}")
     texts.add_argument("--out", type=Path, required=True, help="summaries CSV to write")
 
@@ -163,11 +164,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "features":
         return _features(cfg)
     if args.command == "prepare":
-        from mmdlrm.data.movielens import read_release
         from mmdlrm.data.prepare import prepare
 
-        release = read_release(args.source, cfg.data.on_bad_rows)
-        prepare(release, args.out, cfg.data.split, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.seed)
+        data = cfg.data
+        prepare(args.source, args.out, data.split, data.val_fraction, data.test_fraction, data.seed, data.fold,
+                on_bad_rows=data.on_bad_rows, progress=cfg.train.progress)  # fmt: skip
         return 0
     from mmdlrm import train as training
     from mmdlrm.distributed.env import init_distributed, teardown
@@ -222,24 +223,45 @@ def _features(cfg) -> int:
 
 
 def _summaries(args: argparse.Namespace) -> int:
-    """Gather summaries from the given sources, the first source that has a movie winning."""
+    """Gather summaries from the given sources, the first source that has a movie winning.
+
+    MeLU and DBpedia key their texts by movieId; TMDB by its own id, which only a MovieLens links.csv maps to
+    movieIds (ml-100k, ml-1m and ml-10m have none). A source that cannot be joined is named with the reason and
+    left out; the others are still written.
+
+    Raises:
+        ConfigError: no source given, or none that can be joined.
+    """
     from mmdlrm.features import inputs
 
-    sources = []
+    sources, unjoined = [], {}
+    links = args.links / "links.csv" if args.links is not None and args.links.is_dir() else args.links
     if args.tmdb is not None:
-        if args.links is None:
-            raise ConfigError("--tmdb needs --links (MovieLens links.csv) to map TMDB ids to movieIds")
-        sources.append(("tmdb", inputs.tmdb_overviews(args.tmdb, args.links)))
+        if links is None:
+            unjoined["tmdb"] = (f"{args.tmdb} keys movies by TMDB id, and no --links (links.csv: movieId, tmdbId) "
+                                "maps them to movieIds; pass --links <CSV release>/links.csv")  # fmt: skip
+        elif not links.is_file():
+            unjoined["tmdb"] = (f"{links}: no such file, so no tmdbId -> movieId mapping for {args.tmdb} (ml-100k, "
+                                "ml-1m and ml-10m have no links.csv); pass the links.csv of a CSV release")  # fmt: skip
+        else:
+            sources.append(("tmdb", inputs.tmdb_overviews(args.tmdb, links)))
+    elif links is not None:
+        log.warning("--links %s only joins --tmdb, and no --tmdb is given; ignoring it", links)
     if args.melu is not None:
         sources.append(("melu", inputs.melu_plots(args.melu)))
     if args.dbpedia is not None:
         sources.append(("dbpedia", inputs.dbpedia_abstracts(args.dbpedia)))
+    for name, reason in unjoined.items():
+        log.warning("%s not joined: %s", name, reason)
     if not sources:
-        raise ConfigError("give at least one of --tmdb (with --links), --melu, --dbpedia")
+        found = "".join(f" ({name} not joined: {reason})" for name, reason in unjoined.items())
+        raise ConfigError(f"no summary source can be used{found}; give --melu or --dbpedia (keyed by movieId), or "
+                          "--tmdb with --links <release>/links.csv")  # fmt: skip
     merged: dict[int, str] = {}
     for _, texts in reversed(sources):
         merged.update(texts)
     inputs.write_summaries(merged, args.out)
     counts = ", ".join(f"{name} {len(texts):,}" for name, texts in sources)
-    log.info("wrote %d summaries to %s (%s)", len(merged), args.out, counts)
+    skipped = f"; not joined: {', '.join(unjoined)}" if unjoined else ""
+    log.info("wrote %d summaries to %s (%s%s)", len(merged), args.out, counts, skipped)
     return 0

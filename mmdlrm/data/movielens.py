@@ -7,6 +7,7 @@
 | ml-100k                          | u.data u.item [u.genre]                 | tab / pipe-separated, latin-1  |
 
 Every reader returns a `Release` with the same column names and types, so nothing downstream knows which one it was.
+`read_catalogue` gives a release's movies and tags alone, through the same readers (content features need no ratings).
 
 Encodings: the CSV releases are UTF-8 (a byte-order mark is dropped); a CSV file that is not valid UTF-8 is read as
 Latin-1 with a warning naming the file and line (see `tables`). The `.dat` files and ml-100k's u.item are Latin-1.
@@ -130,6 +131,119 @@ def read_release(folder: str | Path, on_bad_rows: OnBadRows = "error") -> Releas
     return release
 
 
+MOVIES_FILES: dict[ReleaseKind, str] = {"csv": "movies.csv", "dat": "movies.dat", "100k": "u.item"}
+TAGS_FILES: dict[ReleaseKind, str] = {"csv": "tags.csv", "dat": "tags.dat"}
+"""The catalogue files of each layout: its movies, and its tags where the layout has them (ml-100k has none)."""
+
+
+def read_catalogue(
+    folder: str | Path, on_bad_rows: OnBadRows = "error", bad_rows: BadRows | None = None
+) -> tuple[pa.Table, pa.Table | None]:
+    """A release's (movies, tags or None), as `read_release` gives them in `Release.movies` and `Release.tags`.
+
+    For what needs only titles, genres and tags (content features), without reading the ratings (most of a minute
+    for ml-25m). The same readers and the same checks of the movies file; tags rows that do not parse are skipped
+    and counted in `bad_rows`.
+
+    `folder` may also hold only a catalogue (a movies file, maybe tags, no ratings).
+
+    Raises:
+        DataError: no release or catalogue in `folder`, or a bad movies file (naming file, line and column).
+    """
+    folder = Path(folder)
+    kind = _catalogue_kind(folder)
+    bad = bad_rows if bad_rows is not None else BadRows()
+    return _read_movies(folder, kind, on_bad_rows, bad), _read_tags(folder, kind, bad)
+
+
+def catalogue_files(folder: str | Path) -> list[Path]:
+    """The movies file and (where the layout has one, present or not) the tags file of the release in `folder`.
+
+    Raises:
+        DataError: no release or catalogue in `folder`.
+    """
+    folder = Path(folder)
+    kind = _catalogue_kind(folder)
+    return [folder / MOVIES_FILES[kind], *([folder / TAGS_FILES[kind]] if kind in TAGS_FILES else [])]
+
+
+def _catalogue_kind(folder: Path) -> ReleaseKind:
+    """The layout of a release's catalogue files.
+
+    From the ratings file, as `detect_release` tells it; in a folder that holds only a catalogue (no ratings file,
+    e.g. a copy of ml-1m's movies.dat and users.dat), from its one movies file.
+    """
+    movies = [kind for kind, name in MOVIES_FILES.items() if (folder / name).is_file()]
+    if len(movies) == 1 and not any((folder / name).is_file() for name in _MARKERS):
+        return movies[0]
+    return detect_release(folder)
+
+
+def read_links(path: str | Path, bad_rows: BadRows | None = None) -> pa.Table:
+    """A MovieLens links.csv: movie_id int64, imdb_id string, tmdb_id int64 (null where TMDB has no entry).
+
+    Rows that do not parse are skipped and counted in `bad_rows`.
+
+    Raises:
+        DataError: a missing, empty or compressed file, or one without the movieId, imdbId and tmdbId columns.
+    """
+    links = read_table(
+        Path(path),
+        {"movieId": pa.int64(), "imdbId": pa.string(), "tmdbId": pa.string()},
+        _CSV,
+        rename={"movieId": "movie_id", "imdbId": "imdb_id", "tmdbId": "tmdb_id"},
+        on_bad_rows="skip",
+        bad_rows=bad_rows,
+    )
+    tmdb = pc.if_else(pc.equal(links["tmdb_id"], ""), None, links["tmdb_id"])
+    return links.set_column(2, "tmdb_id", pc.cast(tmdb, pa.int64()))
+
+
+def _read_movies(folder: Path, kind: ReleaseKind, on_bad_rows: OnBadRows, bad: BadRows) -> pa.Table:
+    """movie_id, title, genres (list) from the layout's movies file."""
+    path = folder / MOVIES_FILES[kind]
+    if kind == "100k":
+        return _read_u_item(path, on_bad_rows, bad)
+    if kind == "csv":
+        columns = {"movieId": pa.int64(), "title": pa.string(), "genres": pa.string()}
+        movies = read_table(path, columns, _CSV, rename={"movieId": "movie_id"}, on_bad_rows=on_bad_rows, bad_rows=bad)
+    else:
+        columns = {"movie_id": pa.int64(), "title": pa.string(), "genres": pa.string()}
+        movies = read_table(path, columns, _DAT, names=list(columns), on_bad_rows=on_bad_rows, bad_rows=bad)
+    return _split_genres(movies)
+
+
+def _read_u_item(path: Path, on_bad_rows: OnBadRows, bad: BadRows) -> pa.Table:
+    """ml-100k's u.item: id|title|dates|IMDb URL|19 genre flags, turned into genre lists."""
+    flags = [f"g{i}" for i in range(len(ML100K_GENRES))]
+    names = ["movie_id", "title", "release_date", "video_release_date", "imdb_url", *flags]
+    items = read_table(
+        path,
+        {"movie_id": pa.int64(), "title": pa.string(), **{f: pa.int8() for f in flags}},
+        _U_ITEM,
+        names=names,
+        on_bad_rows=on_bad_rows,
+        bad_rows=bad,
+    )
+    flag_matrix = np.stack([items.column(f).to_numpy() for f in flags], axis=1).astype(bool)
+    genre_names = np.array([_GENRE_ALIASES.get(g, g) for g in ML100K_GENRES], dtype=object)
+    genres = pa.array([[g for g in genre_names[row] if g != NO_GENRES] for row in flag_matrix], pa.list_(pa.string()))
+    return pa.table({"movie_id": items["movie_id"], "title": items["title"], "genres": genres})
+
+
+def _read_tags(folder: Path, kind: ReleaseKind, bad: BadRows) -> pa.Table | None:
+    """user_id, movie_id, tag, timestamp from the layout's tags file, or None where there is none."""
+    path = folder / TAGS_FILES[kind] if kind in TAGS_FILES else None
+    if path is None or not path.is_file():
+        return None
+    if kind == "csv":
+        columns = {"userId": pa.int64(), "movieId": pa.int64(), "tag": pa.string(), "timestamp": pa.int64()}
+        rename = {"userId": "user_id", "movieId": "movie_id"}
+        return read_table(path, columns, _CSV, rename=rename, on_bad_rows="skip", bad_rows=bad)
+    columns = {"user_id": pa.int64(), "movie_id": pa.int64(), "tag": pa.string(), "timestamp": pa.int64()}
+    return read_table(path, columns, _DAT, names=list(columns), on_bad_rows="skip", bad_rows=bad)
+
+
 def _read_csv_release(folder: Path, on_bad_rows: OnBadRows, bad: BadRows) -> Release:
     ratings = read_table(
         folder / "ratings.csv",
@@ -139,36 +253,13 @@ def _read_csv_release(folder: Path, on_bad_rows: OnBadRows, bad: BadRows) -> Rel
         on_bad_rows=on_bad_rows,
         bad_rows=bad,
     )
-    movies = read_table(
-        folder / "movies.csv",
-        {"movieId": pa.int64(), "title": pa.string(), "genres": pa.string()},
-        _CSV,
-        rename={"movieId": "movie_id"},
-        on_bad_rows=on_bad_rows,
-        bad_rows=bad,
-    )
-    release = Release("csv", folder, ratings, _split_genres(movies), files=[folder / "ratings.csv", folder / "movies.csv"])
-    if (folder / "tags.csv").is_file():
-        release.tags = read_table(
-            folder / "tags.csv",
-            {"userId": pa.int64(), "movieId": pa.int64(), "tag": pa.string(), "timestamp": pa.int64()},
-            _CSV,
-            rename={"userId": "user_id", "movieId": "movie_id"},
-            on_bad_rows="skip",
-            bad_rows=bad,
-        )
+    movies = _read_movies(folder, "csv", on_bad_rows, bad)
+    release = Release("csv", folder, ratings, movies, files=[folder / "ratings.csv", folder / "movies.csv"])
+    release.tags = _read_tags(folder, "csv", bad)
+    if release.tags is not None:
         release.files.append(folder / "tags.csv")
     if (folder / "links.csv").is_file():
-        links = read_table(
-            folder / "links.csv",
-            {"movieId": pa.int64(), "imdbId": pa.string(), "tmdbId": pa.string()},
-            _CSV,
-            rename={"movieId": "movie_id", "imdbId": "imdb_id", "tmdbId": "tmdb_id"},
-            on_bad_rows="skip",
-            bad_rows=bad,
-        )
-        tmdb = pc.if_else(pc.equal(links["tmdb_id"], ""), None, links["tmdb_id"])
-        release.links = links.set_column(2, "tmdb_id", pc.cast(tmdb, pa.int64()))
+        release.links = read_links(folder / "links.csv", bad)
         release.files.append(folder / "links.csv")
     return release
 
@@ -182,24 +273,10 @@ def _read_dat_release(folder: Path, on_bad_rows: OnBadRows, bad: BadRows) -> Rel
         on_bad_rows=on_bad_rows,
         bad_rows=bad,
     )
-    movies = read_table(
-        folder / "movies.dat",
-        {"movie_id": pa.int64(), "title": pa.string(), "genres": pa.string()},
-        _DAT,
-        names=["movie_id", "title", "genres"],
-        on_bad_rows=on_bad_rows,
-        bad_rows=bad,
-    )
-    release = Release("dat", folder, ratings, _split_genres(movies), files=[folder / "ratings.dat", folder / "movies.dat"])
-    if (folder / "tags.dat").is_file():  # ml-10m
-        release.tags = read_table(
-            folder / "tags.dat",
-            {"user_id": pa.int64(), "movie_id": pa.int64(), "tag": pa.string(), "timestamp": pa.int64()},
-            _DAT,
-            names=["user_id", "movie_id", "tag", "timestamp"],
-            on_bad_rows="skip",
-            bad_rows=bad,
-        )
+    movies = _read_movies(folder, "dat", on_bad_rows, bad)
+    release = Release("dat", folder, ratings, movies, files=[folder / "ratings.dat", folder / "movies.dat"])
+    release.tags = _read_tags(folder, "dat", bad)  # ml-10m
+    if release.tags is not None:
         release.files.append(folder / "tags.dat")
     return release
 
@@ -213,22 +290,7 @@ def _read_100k_release(folder: Path, on_bad_rows: OnBadRows, bad: BadRows) -> Re
         on_bad_rows=on_bad_rows,
         bad_rows=bad,
     )
-    flags = [f"g{i}" for i in range(len(ML100K_GENRES))]
-    names = ["movie_id", "title", "release_date", "video_release_date", "imdb_url", *flags]
-    items = read_table(
-        folder / "u.item",
-        {"movie_id": pa.int64(), "title": pa.string(), **{f: pa.int8() for f in flags}},
-        _U_ITEM,
-        names=names,
-        on_bad_rows=on_bad_rows,
-        bad_rows=bad,
-    )
-    flag_matrix = np.stack([items.column(f).to_numpy() for f in flags], axis=1).astype(bool)
-    genre_names = np.array([_GENRE_ALIASES.get(g, g) for g in ML100K_GENRES], dtype=object)
-    genres = [[g for g in genre_names[row] if g != NO_GENRES] for row in flag_matrix]
-    movies = pa.table(
-        {"movie_id": items["movie_id"], "title": items["title"], "genres": pa.array(genres, pa.list_(pa.string()))}
-    )
+    movies = _read_movies(folder, "100k", on_bad_rows, bad)
     return Release("100k", folder, ratings, movies, files=[folder / "u.data", folder / "u.item"])
 
 

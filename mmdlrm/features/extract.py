@@ -5,9 +5,13 @@ reported by file name and stored as missing. `ensure_features` is what training 
 the run's data on first use, on rank 0.
 
 A store is keyed on its inputs' content, not only their paths: `input_fingerprint` digests the poster files (name,
-size, mtime_ns of each, and the posters CSV itself), the summaries CSV and the release's catalogue files (size,
-mtime_ns). A fixed poster or an edited summaries.csv gives a new store folder under the cache; an explicit
-`features.store` records the fingerprint in its manifest and is refused once its inputs have changed.
+size, mtime_ns of each, and the posters CSV itself), the summaries CSV and the release's catalogue files (movies and
+tags, in whichever layout the release has them; size, mtime_ns). A fixed poster or an edited summaries.csv gives a
+new store folder under the cache; an explicit `features.store` records the fingerprint in its manifest and is
+refused once its inputs have changed.
+
+Summaries and posters of movies the release's catalogue lacks are counted in the `ExtractReport` and logged with a
+few of their ids; they are not an error (a summaries file gathered for ml-latest also names movies ml-1m lacks).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from mmdlrm.config import SYNTHETIC, DataConfig, FeatureConfig
+from mmdlrm.data.movielens import catalogue_files
 from mmdlrm.features.encoders import FeatureError, ImageEncoder, TextEncoder, build_encoders
 from mmdlrm.features.inputs import catalogue_texts, read_posters, read_summaries
 from mmdlrm.features.store import StoreHeader, check_inputs, is_complete, mark_complete, open_store, write_part
@@ -46,6 +51,10 @@ class ExtractReport:
     """Poster files that could not be decoded (counted as missing)."""
     catalogue_texts: int = 0
     """Movies whose text came from MovieLens (title, genres, tags) for want of a summary."""
+    unknown_summaries: list[int] = field(default_factory=list)
+    """movieIds the summaries name that the release's catalogue lacks (sorted; their texts are not used)."""
+    unknown_posters: list[int] = field(default_factory=list)
+    """movieIds the posters name that the release's catalogue lacks (sorted; not used)."""
 
 
 class _Posters(Dataset):
@@ -84,6 +93,8 @@ def extract(
     """Encode the posters and texts of `movie_ids` into `store`, skipping movies it already holds.
 
     Args:
+        fallback: the catalogue's text of every movie of the release (`catalogue_texts`), for movies without a
+            summary; summaries and posters of movies it lacks are counted in the report, not encoded.
         inputs: the `input_fingerprint` of what posters, summaries and fallback came from, recorded in (or checked
             against) the store's manifest; None records nothing.
 
@@ -101,6 +112,9 @@ def extract(
     done = open_store(store, header, inputs)
     todo = [m for m in movie_ids if m not in done]
     report = ExtractReport(store, skipped=len(movie_ids) - len(todo))
+    known = set(fallback).union(movie_ids)
+    report.unknown_summaries = sorted(m for m in summaries if m not in known)
+    report.unknown_posters = sorted(m for m in posters if m not in known)
     if report.skipped:
         log.info("%s: %d movies already encoded, %d to go", store, report.skipped, len(todo))
     size = _image_size(image_encoder)
@@ -136,7 +150,9 @@ def extract(
     bar.close()
     for problem in report.unreadable:
         log.warning("unreadable poster, stored as missing: %s", problem)
-    mark_complete(store, {"movies": len(movie_ids), "missing_posters": report.missing_posters})
+    mark_complete(store, {"movies": len(movie_ids), "missing_posters": report.missing_posters,
+                          "summaries_not_in_catalogue": len(report.unknown_summaries),
+                          "posters_not_in_catalogue": len(report.unknown_posters)})  # fmt: skip
     return report
 
 
@@ -188,7 +204,7 @@ def input_fingerprint(cfg: FeatureConfig, data: DataConfig, release: Path) -> di
     Stats only (no file is read but a posters CSV): a changed file changes its size or mtime_ns.
     """
     posters, summaries = feature_inputs(cfg, release, data.source == SYNTHETIC)
-    catalogue = [release / "movies.csv", release / "tags.csv"]
+    catalogue = catalogue_files(release)  # movies.csv + tags.csv, movies.dat [+ tags.dat], u.item
     return {
         "posters": _posters_digest(Path(posters)) if posters else None,
         "summaries": _digest([_stat(Path(summaries))]) if summaries else None,
@@ -249,9 +265,19 @@ def ensure_features(cfg: FeatureConfig, data: DataConfig, release: Path, movie_i
         raise FeatureError("features.modalities uses images but no posters are given; set features.posters=<folder or CSV>")
     posters = read_posters(posters_source) if posters_source else {}
     summaries = read_summaries(summaries_source) if summaries_source else {}
-    report = extract(cfg, store, movie_ids, posters, summaries, catalogue_texts(release), device, progress, inputs)
+    fallback = catalogue_texts(release, on_bad_rows=data.on_bad_rows)
+    report = extract(cfg, store, movie_ids, posters, summaries, fallback, device, progress, inputs)
+    for source, unknown, what in ((summaries_source, report.unknown_summaries, "summaries"),
+                                  (posters_source, report.unknown_posters, "posters")):  # fmt: skip
+        if unknown:
+            log.warning(
+                "%s: %d of its movieIds are not in the catalogue of %s (e.g. %s); their %s are not used. Is it keyed "
+                "by this release's movieIds?", source, len(unknown), release, ", ".join(map(str, unknown[:5])), what,
+            )  # fmt: skip
     log.info(
-        "features: %d movies encoded into %s (%d without a poster, %d unreadable, %d texts from the catalogue)",
+        "features: %d movies encoded into %s (%d without a poster, %d unreadable, %d texts from the catalogue; "
+        "%d summaries and %d posters of movies not in the catalogue)",
         report.encoded, store, report.missing_posters, len(report.unreadable), report.catalogue_texts,
+        len(report.unknown_summaries), len(report.unknown_posters),
     )  # fmt: skip
     return store

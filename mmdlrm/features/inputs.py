@@ -3,7 +3,8 @@
 Inputs take the shapes of the reference notebook: a folder of `<movieId>.jpg` images or a `posters.csv`
 (movieId, path), and a `summaries.csv` (movieId, summary). Small adapters turn public sources into that CSV:
 TMDB's `overview` (joined through MovieLens `links.csv` tmdbId), MeLU's ml-1m plots, DBpedia abstracts.
-Movies without a summary get one built from MovieLens itself: title, genres and the most frequent tags.
+Movies without a summary get one built from MovieLens itself: title, genres and the most frequent tags, from the
+release readers of `mmdlrm.data.movielens` (one reader per MovieLens file, every layout).
 
 CSV inputs are UTF-8 with a header line (a byte-order mark is fine); as for the releases (`mmdlrm.data.tables`), a
 file that is not valid UTF-8 is read as Latin-1 with a warning naming the file and line. Their header is checked
@@ -24,6 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from mmdlrm.data.movielens import read_catalogue, read_links
+from mmdlrm.data.tables import OnBadRows
 from mmdlrm.features.encoders import FeatureError
 
 log = logging.getLogger(__name__)
@@ -66,11 +69,12 @@ def write_summaries(summaries: dict[int, str], path: str | Path) -> Path:
 
 
 def tmdb_overviews(tmdb_csv: str | Path, links_csv: str | Path) -> dict[int, str]:
-    """movieId -> TMDB `overview`, joining TMDB's `id` to the tmdbId of MovieLens links.csv."""
+    """movieId -> TMDB `overview`, joining TMDB's `id` to the tmdbId of MovieLens links.csv (read by `read_links`)."""
     tmdb = _read_csv(Path(tmdb_csv), {"id": pa.int64(), "overview": pa.string()}, ["id", "overview"])
-    links = _read_csv(Path(links_csv), {"movieId": pa.int64(), "tmdbId": pa.int64()}, ["movieId", "tmdbId"])
-    joined = links.join(tmdb, keys="tmdbId", right_keys="id", join_type="inner")
-    return {int(m): t.strip() for m, t in zip(joined["movieId"].to_pylist(), joined["overview"].to_pylist()) if t and t.strip()}
+    links = read_links(links_csv).select(["movie_id", "tmdb_id"])
+    joined = links.filter(pc.is_valid(links["tmdb_id"])).join(tmdb, keys="tmdb_id", right_keys="id", join_type="inner")
+    movies, texts = joined["movie_id"].to_pylist(), joined["overview"].to_pylist()
+    return {int(m): t.strip() for m, t in zip(movies, texts) if t and t.strip()}
 
 
 def melu_plots(dat: str | Path) -> dict[int, str]:
@@ -96,28 +100,33 @@ def dbpedia_abstracts(path: str | Path) -> dict[int, str]:
     return {int(k): v.strip() for k, v in data.items() if isinstance(v, str) and v.strip()}
 
 
-def catalogue_texts(release: str | Path, top_tags: int = 5) -> dict[int, str]:
-    """movieId -> "Title (year). Genres: a, b. Tags: x, y." from a release's movies.csv and tags.csv."""
-    release = Path(release)
-    movies = _read_csv(release / "movies.csv", {"movieId": pa.int64(), "title": pa.string(), "genres": pa.string()})
-    tags: dict[int, list[str]] = {}
-    if (release / "tags.csv").is_file():
-        table = _read_csv(release / "tags.csv", {"movieId": pa.int64(), "tag": pa.string()}, ["movieId", "tag"])
-        table = table.filter(pc.is_valid(table["tag"]))
-        counts = table.group_by(["movieId", "tag"]).aggregate([([], "count_all")])
-        counts = counts.sort_by([("movieId", "ascending"), ("count_all", "descending"), ("tag", "ascending")])
-        for movie, tag in zip(counts["movieId"].to_pylist(), counts["tag"].to_pylist()):
-            kept = tags.setdefault(movie, [])
+def catalogue_texts(release: str | Path, top_tags: int = 5, on_bad_rows: OnBadRows = "error") -> dict[int, str]:
+    """movieId -> "Title (year). Genres: a, b. Tags: x, y." for every movie of the release in `release`.
+
+    Movies and tags come from the release readers (`mmdlrm.data.movielens.read_catalogue`), so every layout they
+    read works: CSV (movies.csv, tags.csv), ml-1m / ml-10m (movies.dat, tags.dat), ml-100k (u.item, no tags).
+    Tags: the `top_tags` most frequent per movie, ties by tag name; blank tags are left out.
+
+    Raises:
+        DataError: no release or catalogue in `release`, or a bad movies file (unless on_bad_rows='skip').
+    """
+    movies, tags = read_catalogue(release, on_bad_rows)
+    top: dict[int, list[str]] = {}
+    if tags is not None:
+        tags = tags.select(["movie_id", "tag"]).filter(pc.not_equal(pc.utf8_trim_whitespace(tags["tag"]), ""))
+        counts = tags.group_by(["movie_id", "tag"]).aggregate([([], "count_all")])
+        counts = counts.sort_by([("movie_id", "ascending"), ("count_all", "descending"), ("tag", "ascending")])
+        for movie, tag in zip(counts["movie_id"].to_pylist(), counts["tag"].to_pylist()):
+            kept = top.setdefault(movie, [])
             if len(kept) < top_tags:
                 kept.append(tag)
     out = {}
-    for movie, title, genres in zip(*(movies[c].to_pylist() for c in ("movieId", "title", "genres"))):
+    for movie, title, genres in zip(*(movies[c].to_pylist() for c in ("movie_id", "title", "genres"))):
         text = f"{title}."
-        listed = [g for g in (genres or "").split("|") if g and g != "(no genres listed)"]
-        if listed:
-            text += f" Genres: {', '.join(listed)}."
-        if movie in tags:
-            text += f" Tags: {', '.join(tags[movie])}."
+        if genres:  # the readers drop "(no genres listed)" and ml-100k's "unknown"
+            text += f" Genres: {', '.join(genres)}."
+        if movie in top:
+            text += f" Tags: {', '.join(top[movie])}."
         out[movie] = text
     return out
 

@@ -46,6 +46,15 @@ def test_every_movie_is_stored_once_with_unit_float16_vectors(tiny_clip_config, 
     assert unknown.missing.tolist() == [False, True] and unknown.vectors[1].abs().sum() == 0
 
 
+def test_summaries_and_posters_of_movies_the_catalogue_lacks_are_counted_not_encoded(tiny_clip_config, media, tmp_path):
+    ids, posters, summaries, fallback = media
+    summaries = {**summaries, 99_999_001: "Not in this release.", 99_999_002: "Nor this."}
+    posters = {**posters, 99_999_003: posters[ids[0]]}
+    report = _run(tiny_clip_config, tmp_path / "store", (ids[:4], posters, summaries, fallback))
+    assert report.unknown_summaries == [99_999_001, 99_999_002] and report.unknown_posters == [99_999_003]
+    assert report.encoded == 4 and sorted(stored_movie_ids(tmp_path / "store")) == ids[:4]
+
+
 def test_interrupted_extraction_resumes_without_duplicates(tiny_clip_config, media, tmp_path, monkeypatch):
     whole = tmp_path / "whole"
     _run(tiny_clip_config, whole, media)

@@ -1,0 +1,58 @@
+"""`mmdlrm features summaries` joins what it can: movieId-keyed sources always, TMDB only through a links.csv."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mmdlrm.cli import main
+from mmdlrm.features.inputs import read_summaries
+from tests.features.release_layouts import write_release
+
+MELU_FIELDS = ["Toy Story", "1995", "G", "22 Nov 1995", "Animation", "Lasseter", "W", "Hanks", "A boy's toys.", "url"]
+
+
+@pytest.fixture()
+def sources(tmp_path):
+    """A TMDB CSV, MeLU plots and DBpedia abstracts, each for a different movie."""
+    (tmp_path / "tmdb.csv").write_text('id,overview\n801,"Toys, alive."\n813,Snow and money.\n')
+    (tmp_path / "melu.dat").write_text("::".join(["5", *MELU_FIELDS]) + "\n")
+    (tmp_path / "dbpedia.json").write_text(json.dumps({"7": "A samurai plays two gangs against each other."}))
+    return {name: str(tmp_path / file) for name, file in
+            (("tmdb", "tmdb.csv"), ("melu", "melu.dat"), ("dbpedia", "dbpedia.json"))}  # fmt: skip
+
+
+def _summaries(tmp_path, *args: str) -> int:
+    return main(["features", "summaries", *args, "--out", str(tmp_path / "out.csv")])
+
+
+def test_without_links_the_movie_id_sources_are_written_and_tmdb_is_named_as_not_joined(tmp_path, sources, capsys):
+    assert _summaries(tmp_path, "--tmdb", sources["tmdb"], "--melu", sources["melu"], "--dbpedia", sources["dbpedia"]) == 0
+    assert read_summaries(tmp_path / "out.csv") == {5: "A boy's toys.", 7: "A samurai plays two gangs against each other."}
+    err = capsys.readouterr().err
+    assert f"tmdb not joined: {sources['tmdb']} keys movies by TMDB id, and no --links" in err
+    assert "wrote 2 summaries" in err and "(melu 1, dbpedia 1; not joined: tmdb)" in err
+
+
+def test_a_release_without_links_csv_is_named_with_the_reason(tmp_path, sources, capsys):
+    ml_1m = write_release(tmp_path / "ml-1m", "ml-1m")
+    assert _summaries(tmp_path, "--links", str(ml_1m), "--tmdb", sources["tmdb"], "--dbpedia", sources["dbpedia"]) == 0
+    assert set(read_summaries(tmp_path / "out.csv")) == {7}
+    err = capsys.readouterr().err
+    assert f"{ml_1m / 'links.csv'}: no such file, so no tmdbId -> movieId mapping" in err
+
+
+def test_tmdb_joins_through_the_links_csv_of_a_release_folder(tmp_path, sources):
+    csv_release = write_release(tmp_path / "csv", "csv")  # links.csv: movie m has tmdbId 800 + m
+    assert _summaries(tmp_path, "--links", str(csv_release), "--tmdb", sources["tmdb"], "--melu", sources["melu"]) == 0
+    assert read_summaries(tmp_path / "out.csv") == {1: "Toys, alive.", 5: "A boy's toys.", 13: "Snow and money."}
+
+
+def test_no_usable_source_is_an_error_that_says_why(tmp_path, sources, capsys):
+    assert _summaries(tmp_path, "--tmdb", sources["tmdb"]) == 2
+    err = capsys.readouterr().err
+    assert "no summary source can be used (tmdb not joined:" in err and "give --melu or --dbpedia" in err
+    assert not (tmp_path / "out.csv").exists()
+    assert _summaries(tmp_path) == 2
+    assert "no summary source can be used; give --melu or --dbpedia (keyed by movieId)" in capsys.readouterr().err
