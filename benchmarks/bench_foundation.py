@@ -1,7 +1,8 @@
 """Foundation throughput: preparing a 25M-rating release, building batches, and single-process training.
 
 Each measurement sits beside a baseline measured in the same run, reported as a ratio:
-- prepare:   `mmdlrm prepare` (read + validate + split + Parquet) vs reading ratings.csv with pyarrow alone;
+- prepare:   `mmdlrm prepare` (streamed: read + validate + split + shuffle + Parquet) vs reading ratings.csv with
+             pyarrow alone (the whole file in memory);
 - batches:   vectorised KeyedJaggedTensor building vs a per-row Python loop over the same rows (on a sample);
 - training:  the DLRM sharded by DistributedModelParallel (world of one, FBGEMM fused row-wise Adagrad) vs the
              same DLRM in plain PyTorch (`nn.EmbeddingBag(sparse=True)` + SparseAdam), on the same batches.
@@ -28,7 +29,6 @@ from benchmarks import bench_training  # noqa: E402
 from benchmarks.common import print_table, timed, write_json  # noqa: E402
 from mmdlrm.config import ModelConfig, SyntheticConfig  # noqa: E402
 from mmdlrm.data.batches import BatchBuilder, SplitRows  # noqa: E402
-from mmdlrm.data.movielens import read_release  # noqa: E402
 from mmdlrm.data.prepare import load_prepared, prepare  # noqa: E402
 from mmdlrm.data.synthetic import generate  # noqa: E402
 from mmdlrm.distributed.env import init_distributed, teardown  # noqa: E402
@@ -39,7 +39,7 @@ def bench_prepare(release_dir: Path, out_dir: Path) -> dict:
     read_s, table = timed(lambda: pacsv.read_csv(release_dir / "ratings.csv"))
     rows = table.num_rows
     del table
-    prepare_s, _ = timed(lambda: prepare(read_release(release_dir), out_dir, "random", 0.1, 0.1, 0))
+    prepare_s, _ = timed(lambda: prepare(release_dir, out_dir, "random", 0.1, 0.1, 0, progress=False))
     return {"stage": "prepare", "rows": rows, "seconds": prepare_s, "rows_per_s": rows / prepare_s,
             "baseline": "pyarrow read_csv only", "baseline_rows_per_s": rows / read_s,
             "ratio": read_s / prepare_s}  # fmt: skip

@@ -39,6 +39,10 @@ class SyntheticConfig:
     """Dimension of the planted user tastes and genre vectors."""
     noise: float = 0.5
     """Standard deviation of the rating noise, in stars."""
+    watch_taste: float = 0.0
+    """How much a user's taste steers which movies they watch: a movie is picked with probability proportional to
+    popularity x sigmoid(watch_taste * <taste, movie latent>). 0: by popularity alone (the built-in data); 2: users
+    mostly watch what suits them, as on real MovieLens, which gives top-k ranking room beyond popularity."""
     seed: int = 0
     movies_csv: str | None = None
     """Borrow titles and genres from a real movies.csv (e.g. ../shared/data/ml-25m/movies.csv)."""
@@ -57,6 +61,8 @@ class SyntheticConfig:
             )
         if self.noise < 0:
             raise ConfigError(f"data.synthetic.noise must be >= 0, got {self.noise}")
+        if self.watch_taste < 0:
+            raise ConfigError(f"data.synthetic.watch_taste must be >= 0, got {self.watch_taste}")
 
 
 @dataclass
@@ -134,6 +140,13 @@ class ModelConfig:
     history_length: int = 0
     """The user-history feature: each user's most recent `history_length` training movies as one jagged sparse
     feature, mean-pooled (the TorchRec form of SVD++'s implicit term); 0 turns it off."""
+    user_id: bool = True
+    """The user-id table. Off, a user is only what they watched (`history_length`) and their side features: nothing
+    to memorise per user (as item-based models such as EASE), and a new user needs no retraining."""
+    movie_id_dropout: float = 0.0
+    """Share of training ratings whose movie the model sees as new: a shared "unknown movie" row instead of its
+    id, and no rating count or mean; at evaluation every movie without training ratings is seen so. Teaches the
+    model to rate new movies from their genres, year and content vectors (data.split=cold_movies measures it)."""
     history_table: Literal["shared", "own"] = "shared"
     """`shared`: history movies look up the movie table; `own`: a table of their own."""
     count_features: bool = False
@@ -170,8 +183,12 @@ class ModelConfig:
             raise ConfigError(f"model.year_bucket_years must be >= 1, got {self.year_bucket_years}")
         if self.history_length < 0:
             raise ConfigError(f"model.history_length must be >= 0 (0: off), got {self.history_length}")
+        if not self.user_id and not self.history_length:
+            raise ConfigError("model.user_id=false needs model.history_length > 0: without either, nothing tells users apart")
         if self.embedding_l2 < 0:
             raise ConfigError(f"model.embedding_l2 must be >= 0, got {self.embedding_l2}")
+        if not 0.0 <= self.movie_id_dropout < 1.0:
+            raise ConfigError(f"model.movie_id_dropout must be in [0, 1), got {self.movie_id_dropout}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
 
@@ -348,6 +365,10 @@ class FeatureConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     projection_dim: int = 16
     """Each modality's vector is projected to this many dense inputs (once per distinct movie in a batch)."""
+    fusion: Literal["dense", "interaction"] = "dense"
+    """`dense`: the projected vectors join the dense features; `interaction`: each modality is projected to
+    model.embedding_dim and joins the embeddings in DLRM's dot-product interaction (meeting the user and history
+    vectors directly)."""
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "part_size", "projection_dim"):

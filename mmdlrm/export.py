@@ -52,6 +52,12 @@ def export_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         raise FileNotFoundError(f"{run_dir}: no results.json; export a run that `mmdlrm train` has finished")
     cfg = load_config(run_dir / "config.yaml")
     prepared = Path(json.loads(results_path.read_text())["prepared_dir"])
+    if not (prepared / "manifest.json").is_file():
+        raise FileNotFoundError(
+            f"{run_dir}: its prepared dataset {prepared} is gone (or was named relative to another working folder); "
+            f"prepare it again there: mmdlrm prepare <release> --out {prepared} with the data.* settings of "
+            f"{run_dir / 'config.yaml'}"
+        )
     manifest = json.loads((prepared / "manifest.json").read_text())
     vocab = vocab_of(cfg.model, manifest["counts"])
     content = _content_of_run(cfg, prepared, manifest)
@@ -98,7 +104,7 @@ def _task(cfg: RunConfig, vocab: Vocab, content: dict[str, MovieVectors]) -> Tas
     module = build_task_module(cfg.model, build_task(cfg.model, cfg.eval), vocab, len(DENSE_FEATURES),
                                device=torch.device("cpu"), sparse_device="cpu",
                                content_dims={m: v.vectors.shape[1] for m, v in content.items()},
-                               projection_dim=cfg.features.projection_dim)  # fmt: skip
+                               projection_dim=cfg.features.projection_dim, fusion=cfg.features.fusion)  # fmt: skip
     for modality, vectors in content.items():
         module.model.content.set_vectors(modality, vectors.vectors, vectors.missing)
     return module

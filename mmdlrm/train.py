@@ -54,8 +54,13 @@ class TrainResult:
 
 
 def build_data(cfg: RunConfig, env: DistEnv) -> Prepared:
-    """Prepare the dataset on rank 0 (others wait), then load it on every rank."""
-    return load_prepared(rank0_decides(env, lambda: ensure_prepared(cfg.data)))
+    """Prepare the dataset on rank 0 (others wait), then open it on every rank for its own part of each split.
+
+    Each rank holds the per-user and per-movie tables whole and reads only its part of the training, validation
+    and test rows (see data/parts.py and BatchLoader); whole splits are read only where asked for (baselines).
+    """
+    folder = rank0_decides(env, lambda: ensure_prepared(cfg.data, progress=cfg.train.progress))
+    return load_prepared(folder, rank=env.rank, world_size=env.world_size)
 
 
 def build_model(cfg: RunConfig, data: Prepared, env: DistEnv, task: Task, content: dict[str, MovieVectors] | None = None) -> Sharded:
@@ -68,7 +73,7 @@ def build_model(cfg: RunConfig, data: Prepared, env: DistEnv, task: Task, conten
     content = load_content(cfg, data, env) if content is None else content
     torch.manual_seed(cfg.train.seed)
     module = build_task_module(cfg.model, task, vocab_of(cfg.model, data.manifest["counts"]), len(DENSE_FEATURES), device=env.device,
-                               projection_dim=cfg.features.projection_dim,
+                               projection_dim=cfg.features.projection_dim, fusion=cfg.features.fusion,
                                content_dims={m: v.vectors.shape[1] for m, v in content.items()})  # fmt: skip
     for modality, vectors in content.items():
         module.model.content.set_vectors(modality, vectors.vectors, vectors.missing)
@@ -138,8 +143,8 @@ def build(cfg: RunConfig, env: DistEnv) -> Setup:
     counts = data.manifest["counts"]
     if len(loader) == 0:
         raise DataError(
-            f"{data.folder}: the training split has {len(loader.rows):,} rows (for this task), fewer than one batch "
-            f"(train.batch_size={cfg.train.batch_size}); lower train.batch_size or use more data"
+            f"{data.folder}: the training split has {loader.rows_in_split:,} rows (for this task), fewer than one "
+            f"batch (train.batch_size={cfg.train.batch_size}); lower train.batch_size or use more data"
         )
     for split in ("val", "test"):
         if counts[split] == 0:
@@ -163,7 +168,7 @@ def train(cfg: RunConfig, env: DistEnv) -> TrainResult:
     log0(env, "sharding plan:\n%s", setup.sharded.describe())
     schedule = Schedule(optimizer, cfg.train, len(setup.loader))  # before a resumed state's rates are loaded
     state = _start(cfg, env, decision, model, optimizer)
-    result = TrainResult(run_dir=run_dir, prepared_dir=setup.data.folder)
+    result = TrainResult(run_dir=run_dir, prepared_dir=setup.data.folder.resolve())  # inspection works from any folder
     board = Board(run_dir / "tensorboard") if cfg.train.tensorboard and env.is_rank0 else None
     if env.is_rank0:
         (run_dir / "plan.txt").write_text(setup.sharded.describe() + "\n")
@@ -361,7 +366,7 @@ def evaluate_run(cfg: RunConfig, run_dir: Path, env: DistEnv) -> TrainResult:
     best_dir = Path(run_dir) / "checkpoints" / "best"
     result = TrainResult(run_dir=Path(run_dir), checkpoint=best_dir)
     setup = build(cfg, env)
-    result.prepared_dir = setup.data.folder
+    result.prepared_dir = setup.data.folder.resolve()
     result.best_epoch = checkpoint.load(best_dir, setup.sharded.model).get("epoch", -1)
     result.test, _, _ = setup.task.evaluate(setup.sharded.model, "test", setup.evaluation)
     if env.is_rank0:

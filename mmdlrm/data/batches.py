@@ -21,11 +21,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from mmdlrm.config import ModelConfig
 from mmdlrm.data.negatives import NegativeSampler
+from mmdlrm.data.parts import part_bounds, read_range
 from mmdlrm.data.prepare import Prepared
 from mmdlrm.schema import (
     COUNT_BUCKETS,
@@ -43,27 +45,77 @@ SHRINKAGE = 5.0
 
 @dataclass
 class SplitRows:
-    """One split's columns as tensors (user and movie are contiguous ids)."""
+    """Rows of one split as tensors (user and movie are contiguous ids): the whole split, or one rank's part.
+
+    A part read for rank r of w (`from_prepared` on a `Prepared` loaded for that rank) holds rows [start, start +
+    len) of the whole split's `total`; after `where`, `position` holds each remaining row's place in the whole
+    split. `BatchLoader` places rows by those positions, so batches do not depend on how they were read.
+    """
 
     user: torch.Tensor
     movie: torch.Tensor
     rating: torch.Tensor
+    total: int | None = None
+    """Rows of the whole split (before any `where`); None: len(self), the whole split."""
+    start: int = 0
+    """Position in the whole split of this part's first row."""
+    position: torch.Tensor | None = None
+    """Each row's position in the whole split, after `where`; None: start, start + 1, ..."""
+    part: tuple[int, int] = (0, 1)
+    """(rank, world size) these rows are the part of; (0, 1): the whole split."""
 
     @classmethod
     def from_prepared(cls, data: Prepared, split: str) -> SplitRows:
-        cols = data.splits[split]
-        return cls(
-            torch.from_numpy(cols["user"].astype(np.int64)),
-            torch.from_numpy(cols["movie"].astype(np.int64)),
-            torch.from_numpy(cols["rating"].astype(np.float32)),
-        )
+        """This process's part of `split`: the rows of rank `data.rank` of `data.world_size` (see parts.py)."""
+        total = data.split_rows(split)
+        start, stop = part_bounds(total, data.rank, data.world_size)
+        cols = read_range(data.split_path(split), start, stop, ("user", "movie", "rating"))
+        return cls(torch.from_numpy(cols["user"]), torch.from_numpy(cols["movie"]), torch.from_numpy(cols["rating"]),
+                   total, start, None, (data.rank, data.world_size))  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.rating)
 
+    @property
+    def rows_in_split(self) -> int:
+        return len(self) if self.total is None else self.total
+
+    def positions(self) -> torch.Tensor:
+        """Each row's position in the whole split."""
+        if self.position is not None:
+            return self.position
+        return torch.arange(self.start, self.start + len(self))
+
     def where(self, keep: torch.Tensor) -> SplitRows:
-        """The rows where `keep` (a bool per row) is True."""
-        return SplitRows(self.user[keep], self.movie[keep], self.rating[keep])
+        """The rows where `keep` is True: a bool per row of these rows, or per row of the whole split."""
+        if len(keep) != len(self):
+            keep = keep[self.positions()]  # a mask over the whole split, for these rows
+        return SplitRows(self.user[keep], self.movie[keep], self.rating[keep], self.rows_in_split, self.start,
+                         self.positions()[keep], self.part)  # fmt: skip
+
+    def part_for(self, rank: int, world_size: int) -> SplitRows:
+        """Rank `rank`'s part of these rows: themselves if they are that part, a slice if they are the whole split.
+
+        Raises:
+            ValueError: these rows are the part of another rank or world size.
+        """
+        if self.part == (rank, world_size):
+            return self
+        if self.part != (0, 1):
+            raise ValueError(f"rows read for rank {self.part[0]} of {self.part[1]} given to rank {rank} of {world_size}")
+        lo, hi = part_bounds(self.rows_in_split, rank, world_size)
+        if self.position is None:
+            a, b = lo - self.start, hi - self.start
+            return SplitRows(self.user[a:b], self.movie[a:b], self.rating[a:b], self.rows_in_split, lo, None, (rank, world_size))
+        a, b = torch.searchsorted(self.position, torch.tensor([lo, hi])).tolist()
+        return SplitRows(self.user[a:b], self.movie[a:b], self.rating[a:b], self.rows_in_split, lo, self.position[a:b],
+                         (rank, world_size))  # fmt: skip
+
+    def bounds_of(self, edges: list[int]) -> list[int]:
+        """Local row index of each position in `edges` (sorted positions in the whole split)."""
+        if self.position is None:
+            return [min(max(e - self.start, 0), len(self)) for e in edges]
+        return torch.searchsorted(self.position, torch.tensor(edges)).tolist()
 
 
 @dataclass
@@ -109,11 +161,13 @@ class BatchBuilder:
         known = (year >= FIRST_YEAR) & (year < LAST_YEAR)
         self.year_bucket = torch.where(known, (year - FIRST_YEAR) // cfg.year_bucket_years + 1, torch.zeros_like(year))
         self.year_centred = torch.where(known, (year - 1995).float() / 25.0, torch.zeros(len(year)))
-        self.keys = list(SPARSE_FEATURES)
+        self.user_id = cfg.user_id
+        self.movie_id_dropout = cfg.movie_id_dropout
+        self.unknown_movie = len(year)  # the extra row of the movie table when movie_id_dropout is on
+        self.keys = [f for f in SPARSE_FEATURES if cfg.user_id or f != "user"]
         self.history: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         if cfg.history_length:
-            train = data.splits["train"]
-            offsets_h, values_h = user_history(train["user"], train["movie"], train["timestamp"], data.num_users, cfg.history_length)
+            offsets_h, values_h = data.history(cfg.history_length)  # by row group: never the whole split
             offsets_h = torch.from_numpy(offsets_h)
             self.history = (offsets_h[:-1], offsets_h[1:] - offsets_h[:-1], torch.from_numpy(values_h))
             self.keys.append(HISTORY_FEATURE)
@@ -128,7 +182,7 @@ class BatchBuilder:
             leave_one_out: subtract each (positive) row's own rating from its user's and movie's training sums,
                 so that on the training split a row's dense features never contain its own label.
         """
-        user, movie, rating = rows.user[index], rows.movie[index], rows.rating[index]
+        user, movie, rating = rows.user[index].long(), rows.movie[index].long(), rows.rating[index]
         positives = len(index)
         own = rating if leave_one_out else torch.zeros_like(rating)
         seen = torch.full((positives,), float(leave_one_out))
@@ -141,15 +195,36 @@ class BatchBuilder:
             own = torch.cat([own, torch.zeros(positives * k)])
             seen = torch.cat([seen, torch.zeros(positives * k)])
             labels = torch.cat([torch.ones(positives), torch.zeros(positives * k)])
-        return MovieBatch(dense_features=self._dense(user, movie, own, seen), sparse_features=self._sparse(user, movie, seen),
-                          labels=labels, movies=movie)  # fmt: skip
+        new = self._seen_as_new(user, movie, positives if leave_one_out else 0)
+        return MovieBatch(dense_features=self._dense(user, movie, own, seen, new),
+                          sparse_features=self._sparse(user, movie, seen, new), labels=labels, movies=movie)  # fmt: skip
 
-    def _sparse(self, user: torch.Tensor, movie: torch.Tensor, seen: torch.Tensor) -> KeyedJaggedTensor:
+    def _seen_as_new(self, user: torch.Tensor, movie: torch.Tensor, training_rows: int) -> torch.Tensor | None:
+        """A bool per row: the model sees this movie as new (model.movie_id_dropout), or None when it is off.
+
+        Movies without training ratings always are; of the first `training_rows` rows (training positives), a
+        fixed pseudo-random `movie_id_dropout` share of the (user, movie) pairs is too, so that the model learns to
+        rate a movie from its genres, year and content alone.
+        """
+        if not self.movie_id_dropout:
+            return None
+        new = self.movie_count[movie] == 0
+        if training_rows:
+            pair = user[:training_rows] * 0x9E3779B97F4A7C15 + movie[:training_rows] * 0xBF58476D1CE4E5B9  # wraps
+            pair = (pair ^ (pair >> 31)) * 0x94D049BB133111EB
+            uniform = ((pair ^ (pair >> 29)) & ((1 << 53) - 1)).double() / float(1 << 53)
+            new[:training_rows] |= uniform < self.movie_id_dropout
+        return new
+
+    def _sparse(self, user: torch.Tensor, movie: torch.Tensor, seen: torch.Tensor, new: torch.Tensor | None) -> KeyedJaggedTensor:
         one = torch.ones(len(user), dtype=torch.int64)
         genre_position, _ = segments(self.genre_start[movie], self.genre_length[movie])
         genre_length = self.genre_length[movie]
-        values = [user, movie, self.genre_values[genre_position], self.year_bucket[movie]]
+        movie_key = movie if new is None else torch.where(new, self.unknown_movie, movie)
+        values = [user, movie_key, self.genre_values[genre_position], self.year_bucket[movie]]
         lengths = [one, one, genre_length, one]
+        if not self.user_id:  # no user table: a user is what they watched (history) and their side features
+            values, lengths = values[1:], lengths[1:]
         if self.history is not None:
             start, length, history = self.history
             position, row = segments(start[user], length[user])
@@ -158,24 +233,30 @@ class BatchBuilder:
             values.append(kept[keep])
             lengths.append(torch.bincount(row[keep], minlength=len(user)))
         for name in self.extra:
-            values.append(self._extra(name, user, movie, seen))
+            values.append(self._extra(name, user, movie, seen, new))
             lengths.append(one)
         return KeyedJaggedTensor(keys=self.keys, values=torch.cat(values), lengths=torch.cat(lengths))
 
-    def _extra(self, name: str, user: torch.Tensor, movie: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+    def _extra(self, name: str, user: torch.Tensor, movie: torch.Tensor, seen: torch.Tensor, new: torch.Tensor | None) -> torch.Tensor:
         """One optional single-valued feature: a count bucket (leaving the row's own rating out) or a user code."""
         if name in COUNT_FEATURES:
             count = (self.user_count[user] if name == "user_activity" else self.movie_count[movie]) - seen
+            if name == "movie_popularity" and new is not None:
+                count = torch.where(new, 0.0, count)
             return torch.log2(1 + count.clamp(min=0)).long().clamp(max=COUNT_BUCKETS - 1)
         return self.user_codes[name][user]
 
-    def _dense(self, user: torch.Tensor, movie: torch.Tensor, own: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+    def _dense(self, user: torch.Tensor, movie: torch.Tensor, own: torch.Tensor, seen: torch.Tensor,
+               new: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        movie_count, movie_sum = self.movie_count[movie] - seen, self.movie_sum[movie] - own
+        if new is not None:  # a movie seen as new has no ratings to describe it
+            movie_count, movie_sum = torch.where(new, 0.0, movie_count), torch.where(new, 0.0, movie_sum)
         return torch.stack(
             [
                 torch.log1p(self.user_count[user] - seen) / 8.0,
                 self._deviation(self.user_sum[user] - own, self.user_count[user] - seen),
-                torch.log1p(self.movie_count[movie] - seen) / 8.0,
-                self._deviation(self.movie_sum[movie] - own, self.movie_count[movie] - seen),
+                torch.log1p(movie_count) / 8.0,
+                self._deviation(movie_sum, movie_count),
                 self.year_centred[movie],
             ],
             dim=1,
@@ -193,7 +274,10 @@ def segments(start: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, t
 
 
 def user_history(user: np.ndarray, movie: np.ndarray, timestamp: np.ndarray, num_users: int, length: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each user's `length` most recent movies (ties in time by movie id) as CSR: offsets (num_users + 1), values."""
+    """Each user's `length` most recent movies (ties in time by movie id) as CSR: offsets (num_users + 1), values.
+
+    From whole columns in memory; training reads the same lists by row group (`Prepared.history`).
+    """
     order = np.lexsort((movie, -timestamp.astype(np.int64), user))
     sorted_users = user[order]
     counts = np.bincount(sorted_users, minlength=num_users)
@@ -203,12 +287,31 @@ def user_history(user: np.ndarray, movie: np.ndarray, timestamp: np.ndarray, num
     return offsets, movie[order][keep].astype(np.int64)
 
 
-class BatchLoader:
-    """Iterates over one split in batches; each rank takes its own share of every batch.
+VIRTUAL_SHARDS = 8
+"""Training batches are drawn from this many equal ranges of the split (for 1, 2, 4 or 8 processes)."""
 
-    Every rank yields the same number of batches (collectives in sharded models need that). Training drops the
-    last incomplete global batch; evaluation keeps every row, so the last batch may be smaller. With a
-    `negatives` sampler each row is a positive followed by its sampled negatives (see `BatchBuilder.build`).
+
+def virtual_shards(world_size: int, global_batch: int) -> int:
+    """How many ranges of the split a global batch draws from: a multiple of the world size, VIRTUAL_SHARDS where
+    the world size divides it, and never more than the batch's rows."""
+    shards = world_size * max(1, VIRTUAL_SHARDS // world_size)
+    return shards if shards <= global_batch else world_size
+
+
+class BatchLoader:
+    """Iterates over one split in batches; each rank reads only its own part of the split.
+
+    The split is cut into V equal ranges of positions (`virtual_shards`: V = 8 for 1, 2, 4 or 8 processes) and
+    each rank owns V / world_size consecutive ones: exactly the rows `SplitRows.from_prepared` read for it. With
+    `shuffle`, each range is permuted every epoch by a generator seeded with (seed, epoch, range), and step s
+    takes the next batch_size / V rows of every range; a rank's batch is its ranges' shares, the global batch all
+    ranks' together. So the global batches, and the negatives drawn per range, are the same for every world size
+    with the same V (1, 2, 4, 8; 3 and 6; ...): a run resumed with another such world size goes on with the same
+    data. Every rank yields the same number of steps, set by the smallest range; the rows a range has beyond
+    them (at most batch_size / V, other rows each epoch) wait for another epoch. Without `shuffle`
+    (evaluation), each rank yields its part in order, every row once; ranks with fewer rows end with a smaller
+    or empty batch. With a `negatives` sampler each row is a positive followed by its sampled negatives (see
+    `BatchBuilder.build`).
     """
 
     def __init__(
@@ -226,42 +329,88 @@ class BatchLoader:
     ) -> None:
         if batch_size < world_size:
             raise ValueError(f"batch size {batch_size} is smaller than the world size {world_size}")
-        self.builder, self.rows = builder, rows
+        self.builder, self.rows = builder, rows.part_for(rank, world_size)
         self.local_batch = batch_size // world_size
         self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
         self.leave_one_out = leave_one_out
         self.negatives = negatives
         self.epoch = 0
+        global_batch = self.local_batch * world_size
+        shards = virtual_shards(world_size, global_batch) if shuffle else world_size
+        total = self.rows.rows_in_split
+        edges = [total * v // shards for v in range(shards + 1)]
+        self._own = range(rank * shards // world_size, (rank + 1) * shards // world_size)
+        local = self.rows.bounds_of(edges)
+        self._ranges = [(local[v], local[v + 1]) for v in self._own]
+        sizes = _range_sizes(self.rows, local, edges, self._own)
+        self.rows_in_split = int(sizes.sum())
+        """Rows of the whole split this loader's ranks share (after any `SplitRows.where`)."""
+        if shuffle:
+            self._take = [global_batch * (v + 1) // shards - global_batch * v // shards for v in range(shards)]
+            self._steps = min(int(size) // take for size, take in zip(sizes, self._take))
+        else:
+            self._steps = max(math.ceil(int(size) / self.local_batch) for size in sizes)
 
     def set_epoch(self, epoch: int) -> None:
-        """Use the permutation of `epoch` (every rank draws the same one from the shared seed)."""
+        """Use the permutations of `epoch` (drawn from the shared seed: the same whatever the world size)."""
         self.epoch = epoch
 
     def __len__(self) -> int:
-        global_batch = self.local_batch * self.world_size
-        n = len(self.rows)
-        return n // global_batch if self.shuffle else math.ceil(n / global_batch)
-
-    def _order(self) -> torch.Tensor:
-        if not self.shuffle:
-            return torch.arange(len(self.rows))
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return torch.randperm(len(self.rows), generator=generator)
+        return self._steps
 
     def __iter__(self) -> Iterator[Batch]:
         return self.batches()
 
     def batches(self, start: int = 0) -> Iterator[Batch]:
         """This rank's batches from step `start` of the epoch on (a resumed epoch skips the steps it has done)."""
-        order = self._order()
-        global_batch = self.local_batch * self.world_size
-        for step in range(start, len(self)):
-            chunk = order[step * global_batch : (step + 1) * global_batch]
-            # Contiguous shares: rank r takes rows [r*b, (r+1)*b) of the global batch (uneven only at the end).
-            bounds = [len(chunk) * r // self.world_size for r in range(self.world_size + 1)]
-            mine = slice(bounds[self.rank], bounds[self.rank + 1])
+        if not self.shuffle:
+            n, size = len(self.rows), self.local_batch
+            for step in range(start, self._steps):
+                yield self.builder.build(self.rows, torch.arange(min(step * size, n), min((step + 1) * size, n)), self.leave_one_out)
+            return
+        # int32 permutations: 4 bytes a row of this rank's part (rows beyond 2**31 in one range would need int64)
+        orders = [torch.randperm(hi - lo, generator=_generator(self.seed, self.epoch, v), dtype=torch.int32)
+                  for v, (lo, hi) in zip(self._own, self._ranges)]  # fmt: skip
+        for step in range(start, self._steps):
+            shares = [order[step * self._take[v] : (step + 1) * self._take[v]].long() + lo
+                      for v, order, (lo, _) in zip(self._own, orders, self._ranges)]  # fmt: skip
             negatives = None
-            if self.negatives is not None:  # drawn for the global batch: the same whatever the world size
-                generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_033 + step)
-                negatives = self.negatives.sample(self.rows.user[chunk], generator)[mine]
-            yield self.builder.build(self.rows, chunk[mine], self.leave_one_out, negatives)
+            if self.negatives is not None:  # drawn per range: the same whatever the world size
+                negatives = torch.cat([self.negatives.sample(self.rows.user[share], _generator(self.seed, self.epoch, v, step))
+                                       for v, share in zip(self._own, shares)])  # fmt: skip
+            yield self.builder.build(self.rows, torch.cat(shares), self.leave_one_out, negatives)
+
+
+def _generator(*parts: int) -> torch.Generator:
+    """A generator seeded by a tuple of small ints (seed, epoch, range[, step])."""
+    value = 0
+    for part in parts:
+        value = (value * 1_000_003 + part) % (1 << 63)
+    return torch.Generator().manual_seed(value)
+
+
+def _range_sizes(rows: SplitRows, local: list[int], edges: list[int], own: range) -> np.ndarray:
+    """Rows in each range of the split (all ranks'): from the edges alone, or (rows filtered by `where` in a
+    part of the split) summed over the ranks."""
+    if rows.position is None:
+        return np.diff(edges)
+    if rows.part[1] == 1:
+        return np.diff(local)
+    sizes = np.zeros(len(edges) - 1, dtype=np.int64)
+    sizes[list(own)] = np.diff(local)[list(own)]
+    return _sum_over_ranks(sizes)
+
+
+def _sum_over_ranks(values: np.ndarray) -> np.ndarray:
+    """`values` summed over the ranks of the default process group.
+
+    Raises:
+        RuntimeError: no process group (filtered parts of a split need one to agree on their steps).
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("rows filtered within one rank's part of a split: the ranks need a process group to agree "
+                           "on how many batches they yield; initialise it first (distributed.env.init_distributed)")  # fmt: skip
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    total = torch.from_numpy(values).to(device)
+    dist.all_reduce(total)
+    return total.cpu().numpy()

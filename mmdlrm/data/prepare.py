@@ -1,9 +1,18 @@
 """Turning a MovieLens release into the Parquet dataset the model reads: id maps, genres, splits, manifest.
 
-A prepared folder holds `train/val/test.parquet` (user, movie, rating, timestamp with contiguous ids),
-`users.parquet` and `movies.parquet` (original ids, titles, years, genre ids, and train-split sums and counts for
-the dense features), and `manifest.json` (counts, split, seed, source checksums). Preparing the same release with
-the same settings twice gives byte-identical files. Everything is computed on whole columns; no per-row Python.
+A prepared folder holds `train/val/test.parquet` (user, movie, rating, timestamp with contiguous ids; rows in a
+seeded random order in row groups of ROW_GROUP_ROWS, so that any contiguous range is a random sample and each
+rank reads only its own range), `train_by_user.parquet` (the training rows by user, newest first, each user in
+one row group: the history feature reads it), `users.parquet` and `movies.parquet` (original ids, titles, years,
+genre ids, and train-split sums and counts for the dense features), and `manifest.json` (counts, split, seed,
+source checksums, layout). Preparing the same release with the same settings twice gives byte-identical files.
+
+`prepare` streams (see `streaming`): from a release folder it reads the ratings file a block at a time, checks
+each block as `read_release` checks the whole file (same messages, true line numbers), and regroups the ratings
+through on-disk buckets, so its memory is bounded by `chunk_rows`, not by the release; the id maps and
+statistics are exact. Only the catalogue (movies, tags, links, demographics) is read whole. Given a `Release`
+already read in memory, or for split=files (ml-100k's folds, matched in memory), the split is decided by
+`splits.split_rows` on the whole arrays and the same writer lays out the files.
 
 `prepare` never deletes what it did not write. It refuses an output folder that is, or is inside, the release
 (or holds it), an output path that is a file, and a non-empty folder that is not a prepared dataset (one whose
@@ -29,30 +38,53 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mmdlrm.config import SYNTHETIC, DataConfig
-from mmdlrm.data.movielens import Release, parse_years, read_fold, read_release
+from mmdlrm.data.chunks import BLOCK_BYTES
+from mmdlrm.data.movielens import (
+    USER_FILES,
+    Release,
+    catalogue_files,
+    detect_release,
+    parse_years,
+    read_catalogue,
+    read_links,
+    read_release,
+    read_users,
+)
+from mmdlrm.data.parts import SplitColumns, read_history
+from mmdlrm.data.ratings_stream import RATINGS_FILES, FolderRatings, ReleaseRatings
+from mmdlrm.data.splits import SPLITS, check_split_sizes, cold_in_test, fold_assignment, split_rows
+from mmdlrm.data.streaming import CHUNK_ROWS, ROW_GROUP_ROWS, SplitRule, SplitStats, write_splits
 from mmdlrm.data.synthetic import generate
-from mmdlrm.data.tables import DataError
+from mmdlrm.data.tables import BadRows, DataError, OnBadRows
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
-SPLITS = ("train", "val", "test")
+FORMAT_VERSION = 3
+"""3: splits in a seeded random order with fixed row groups, train_by_user.parquet, the `random` split by hash."""
+__all__ = ["FORMAT_VERSION", "SPLITS", "Prepared", "ensure_prepared", "load_prepared", "prepare", "split_rows"]
 
 
 @dataclass
 class Prepared:
-    """A prepared dataset in memory, as numpy columns. Ids are contiguous indices into `users` / `movies`."""
+    """A prepared dataset: manifest, per-user and per-movie tables in memory, the splits read on demand.
+
+    Ids are contiguous indices into `users` / `movies`. `rank` / `world_size` say which part of each split
+    `batches.SplitRows.from_prepared` reads for this process (the whole split in a world of one).
+    """
 
     folder: Path
     manifest: dict
-    splits: dict[str, dict[str, np.ndarray]]
-    """split -> {"user": int32, "movie": int32, "rating": float32, "timestamp": int64}."""
+    splits: dict[str, SplitColumns]
+    """split -> {"user": int32, "movie": int32, "rating": float32, "timestamp": int64}: each column of the whole
+    split is read when first asked for (see parts.SplitColumns); a rank's training rows come from SplitRows."""
     users: dict[str, np.ndarray]
     """user_id, train_count, train_sum."""
     movies: dict[str, np.ndarray]
     """movie_id, year, train_count, train_sum, genre_offsets (num_movies + 1), genre_values."""
     titles: list[str]
     genres: list[str]
+    rank: int = 0
+    world_size: int = 1
 
     @property
     def num_users(self) -> int:
@@ -67,87 +99,157 @@ class Prepared:
         """Mean training rating (the global-mean baseline)."""
         return float(self.manifest["train_mean_rating"])
 
+    def split_path(self, split: str) -> Path:
+        """The Parquet file of `split` (train, val, test)."""
+        return self.folder / f"{split}.parquet"
+
+    def split_rows(self, split: str) -> int:
+        """Rows of `split` (all ranks together)."""
+        return int(self.manifest["counts"][split])
+
+    def history(self, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each user's `length` most recent training movies as CSR (offsets, values), read by row group."""
+        return read_history(self.folder / "train_by_user.parquet", self.users["train_count"], length)
+
 
 def prepare(
-    release: Release, out_dir: str | Path, split: str, val_fraction: float, test_fraction: float, seed: int, fold: str = "u1"
-) -> Path:
-    """Write the prepared dataset for `release` into `out_dir` (atomically: a tmp sibling swapped in at the end).
+    source: Release | str | Path, out_dir: str | Path, split: str, val_fraction: float, test_fraction: float,
+    seed: int, fold: str = "u1", *, on_bad_rows: OnBadRows = "error", chunk_rows: int = CHUNK_ROWS,
+    block_bytes: int = BLOCK_BYTES, progress: bool | None = None,
+) -> Path:  # fmt: skip
+    """Write the prepared dataset for the release `source` (a folder, streamed; or a `Release` read in memory)
+    into `out_dir`, atomically: a tmp sibling swapped in at the end.
+
+    Args:
+        on_bad_rows: for a folder: `error` stops at the first bad rating, `skip` drops bad ratings (a `Release`
+            was read with its own setting).
+        chunk_rows: ratings held at a time (what bounds memory); block_bytes: bytes of the ratings file read at
+            a time. Neither changes the files written.
+        progress: progress bars (None: where stderr is a terminal).
 
     Raises:
         DataError: `out_dir` is the release folder (or inside it), a file, or a non-empty folder that is not a
-            prepared dataset; a movie listed twice; a split with no ratings.
+            prepared dataset; bad input in the release (file, line and column); a split with no ratings.
     """
+    folder = source.folder if isinstance(source, Release) else Path(source)
     out = Path(out_dir)
-    target = _check_out_dir(release.folder, out)
-    movies, user_ids, users, items = _contiguous_ids(release)
-    timestamp = release.ratings["timestamp"].to_numpy()
-    split_info: dict = {"kind": split, "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}
-    if split == "files":
-        assignment = fold_assignment(release, fold, val_fraction, seed)
-        split_info |= {"fold": fold, **_cold_in_test(users, items, assignment)}
-    else:
-        assignment = split_rows(users, timestamp, items, split, val_fraction, test_fraction, seed)
-    counts = dict(zip(SPLITS, np.bincount(assignment, minlength=len(SPLITS)).tolist()))
-    _check_split_sizes(release, counts, split, val_fraction, test_fraction)
-
+    target = _check_out_dir(folder, out)
+    if not isinstance(source, Release):
+        kind = detect_release(folder)
+        if split == "files":  # ml-100k's fold files are matched against the ratings in memory (100,000 of them)
+            source = read_release(folder, on_bad_rows)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    split_info: dict = {"kind": split, "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}
+    rule = SplitRule(split, val_fraction, test_fraction, seed)
+    check = lambda counts: check_split_sizes(folder, counts, split, val_fraction, test_fraction)  # noqa: E731
     try:
-        manifest = _write_dataset(tmp, release, movies, user_ids, users, items, assignment)
+        if isinstance(source, Release):
+            catalogue = _Catalogue.of_release(source)
+            ratings, extra = _in_memory(source, catalogue.movie_ids, split, val_fraction, test_fraction, seed, fold, chunk_rows)
+            split_info |= extra
+        else:
+            catalogue = _Catalogue.read(folder, kind, on_bad_rows)
+            ratings = FolderRatings(folder, kind, catalogue.movie_ids, on_bad_rows, catalogue.bad_rows, block_bytes)
+        stats = write_splits(tmp, ratings, len(catalogue.movie_ids), rule, check, chunk_rows, progress)
+        manifest = _write_tables(tmp, catalogue, stats)
         manifest["split"] = split_info
-        manifest["counts"].update(counts)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         _swap_in(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # only the folder this call made
         raise
     sizes = ", ".join(f"{k} {v:,}" for k, v in manifest["counts"].items() if isinstance(v, int))
-    log.info("prepared %s -> %s (%s)", release.folder, out, sizes)
+    log.info("prepared %s -> %s (%s)", folder, out, sizes)
     return out
 
 
-def _contiguous_ids(release: Release) -> tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray]:
-    """(movies sorted by id, sorted user ids, each rating's user index, each rating's movie index)."""
-    movie_ids = release.movies["movie_id"].to_numpy()
+@dataclass
+class _Catalogue:
+    """What prepare reads whole: the movies (sorted by id), demographics, the source files and bad-row counts."""
+
+    folder: Path
+    kind: str
+    movies: pa.Table
+    users: pa.Table | None
+    files: list[Path]
+    bad_rows: BadRows
+
+    @property
+    def movie_ids(self) -> np.ndarray:
+        return self.movies["movie_id"].to_numpy()
+
+    @classmethod
+    def of_release(cls, release: Release) -> _Catalogue:
+        return cls(release.folder, release.kind, _sorted_movies(release.movies, release.files[1]), release.users,
+                   release.files, release.bad_rows)  # fmt: skip
+
+    @classmethod
+    def read(cls, folder: Path, kind: str, on_bad_rows: OnBadRows) -> _Catalogue:
+        """The release's catalogue files, read as `read_release` reads them (the ratings are streamed apart)."""
+        bad = BadRows()
+        movies, _ = read_catalogue(folder, on_bad_rows, bad)  # tags: read for their bad-row count and checksum
+        files = [folder / RATINGS_FILES[kind], *catalogue_files(folder)]
+        if kind == "csv" and (folder / "links.csv").is_file():
+            read_links(folder / "links.csv", bad)
+            files.append(folder / "links.csv")
+        users = read_users(folder, kind)
+        if users is not None:
+            files.append(folder / USER_FILES[kind])
+        return cls(folder, kind, _sorted_movies(movies, files[1]), users, [f for f in files if f.is_file()], bad)
+
+
+def _sorted_movies(movies: pa.Table, path: Path) -> pa.Table:
+    """The catalogue sorted by movie id (movie index i is row i).
+
+    Raises:
+        DataError: a movie id listed twice.
+    """
+    movie_ids = movies["movie_id"].to_numpy()
     order = np.argsort(movie_ids, kind="stable")
     if np.any(np.diff(movie_ids[order]) == 0):
         dup = movie_ids[order][np.flatnonzero(np.diff(movie_ids[order]) == 0)[0]]
-        raise DataError(f"{release.files[1]}: movie id {dup} appears twice; each movie must be listed once")
-    user_ids = np.unique(release.ratings["user_id"].to_numpy())
-    users = np.searchsorted(user_ids, release.ratings["user_id"].to_numpy()).astype(np.int32)
-    items = np.searchsorted(movie_ids[order], release.ratings["movie_id"].to_numpy()).astype(np.int32)
-    return release.movies.take(order), user_ids, users, items
+        raise DataError(f"{path}: movie id {dup} appears twice; each movie must be listed once")
+    return movies.take(order)
 
 
-def _write_dataset(
-    folder: Path, release: Release, movies: pa.Table, user_ids: np.ndarray, users: np.ndarray, items: np.ndarray,
-    assignment: np.ndarray,
-) -> dict:  # fmt: skip
-    """Write the splits, users.parquet and movies.parquet into `folder`; returns the manifest, split settings aside."""
-    rating = release.ratings["rating"].to_numpy().astype(np.float32)
-    timestamp = release.ratings["timestamp"].to_numpy()
-    for index, name in enumerate(SPLITS):
-        rows = np.flatnonzero(assignment == index)
-        table = pa.table({"user": users[rows], "movie": items[rows], "rating": rating[rows], "timestamp": timestamp[rows]})
-        pq.write_table(table, folder / f"{name}.parquet", compression="zstd")
-    train = assignment == 0
-    genre_names = sorted(set(pc.list_flatten(movies["genres"]).to_pylist()))
-    user_features = _write_users(folder / "users.parquet", user_ids, users[train], rating[train], release.users)
-    _write_movies(folder / "movies.parquet", movies, genre_names, items[train], rating[train])
+def _in_memory(release: Release, movie_ids: np.ndarray, split: str, val: float, test: float, seed: int, fold: str,
+               chunk_rows: int) -> tuple[ReleaseRatings, dict]:  # fmt: skip
+    """The release's ratings with their split decided on the whole arrays, and what the split adds to the manifest."""
+    ratings = release.ratings
+    users = np.searchsorted(np.unique(ratings["user_id"].to_numpy()), ratings["user_id"].to_numpy())
+    items = np.searchsorted(movie_ids, ratings["movie_id"].to_numpy())
+    extra: dict = {}
+    if split == "files":
+        assignment = fold_assignment(release, fold, val, seed)
+        extra = {"fold": fold, **cold_in_test(users, items, assignment)}
+    else:
+        assignment = split_rows(users, ratings["timestamp"].to_numpy(), items, split, val, test, seed)
+    return ReleaseRatings(release, movie_ids, assignment, chunk_rows), extra
+
+
+def _write_tables(folder: Path, catalogue: _Catalogue, stats: SplitStats) -> dict:
+    """Write users.parquet and movies.parquet into `folder`; returns the manifest, split settings aside."""
+    genre_names = sorted(set(pc.list_flatten(catalogue.movies["genres"]).to_pylist()))
+    user_features = _write_users(folder / "users.parquet", stats.user_ids, stats.user_count, stats.user_sum, catalogue.users)
+    _write_movies(folder / "movies.parquet", catalogue.movies, genre_names, stats.movie_count, stats.movie_sum)
+    counts = {"users": len(stats.user_ids), "movies": catalogue.movies.num_rows, "genres": len(genre_names),
+              "ratings": stats.ratings, "user_features": user_features}  # fmt: skip
     return {
         "format_version": FORMAT_VERSION,
         "source": {
-            "folder": str(release.folder),
-            "kind": release.kind,
-            "files": {f.name: {"sha256": _sha256(f), "bytes": f.stat().st_size} for f in release.files},
-            "bad_rows_skipped": release.bad_rows.counts,
+            "folder": str(catalogue.folder),
+            "kind": catalogue.kind,
+            "files": {f.name: {"sha256": _sha256(f), "bytes": f.stat().st_size} for f in catalogue.files},
+            "bad_rows_skipped": catalogue.bad_rows.counts,
         },
         "split": {},
-        "counts": {"users": len(user_ids), "movies": movies.num_rows, "genres": len(genre_names), "ratings": len(rating),
-                   "user_features": user_features},  # fmt: skip
-        "train_mean_rating": float(rating[train].astype(np.float64).mean()),
+        "counts": counts | stats.counts,
+        "train_mean_rating": stats.train_sum / stats.counts["train"],
         "genres": genre_names,
-    }
+        "layout": {"row_group_rows": ROW_GROUP_ROWS, "order": "seeded random: sorted by a keyed hash of each "
+                   "rating's position", "by_user": "train_by_user.parquet: user, then newest first, then movie"},
+    }  # fmt: skip
 
 
 def _check_out_dir(release_folder: Path, out: Path) -> Path:
@@ -199,101 +301,6 @@ def _swap_in(tmp: Path, target: Path) -> None:
     shutil.rmtree(old)
 
 
-def _check_split_sizes(release: Release, counts: dict[str, int], split: str, val: float, test: float) -> None:
-    """Refuse a split that leaves train, validation or test without ratings."""
-    sizes = f"{sum(counts.values()):,} ratings split {split} into train {counts['train']:,}, val {counts['val']:,}, test {counts['test']:,}"
-    if not counts["train"]:
-        raise DataError(f"{release.folder}: {sizes}: no ratings left for training; lower data.val_fraction/test_fraction")
-    empty = [name for name in ("val", "test") if not counts[name]]
-    if empty:
-        raise DataError(
-            f"{release.folder}: {sizes}: the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty; "
-            f"use a release with more ratings (per user, for split=temporal), or raise data.val_fraction / "
-            f"data.test_fraction (now {val} / {test})"
-        )
-
-
-def split_rows(
-    users: np.ndarray, timestamp: np.ndarray, movies: np.ndarray, split: str, val_fraction: float,
-    test_fraction: float, seed: int,
-) -> np.ndarray:  # fmt: skip
-    """Assign each rating to 0 = train, 1 = val, 2 = test.
-
-    `random`: a seeded permutation; `temporal`: for each user, the latest `test_fraction` of their ratings go to
-    test and the `val_fraction` before those to val (ties in time broken by movie, so the result is stable);
-    `cold_movies`: a seeded `test_fraction` of the rated movies, and another `val_fraction`, are held out whole:
-    every rating of such a movie goes to test (or val), so the model meets them only through their content.
-    """
-    n = len(users)
-    out = np.zeros(n, dtype=np.int8)
-    if split == "random":
-        perm = np.random.default_rng(seed).permutation(n)
-        n_test, n_val = int(round(n * test_fraction)), int(round(n * val_fraction))
-        out[perm[:n_test]] = 2
-        out[perm[n_test : n_test + n_val]] = 1
-        return out
-    if split == "cold_movies":
-        rated = np.unique(movies)
-        perm = np.random.default_rng(seed).permutation(rated)
-        n_test, n_val = int(round(len(rated) * test_fraction)), int(round(len(rated) * val_fraction))
-        held = np.zeros(int(movies.max()) + 1, dtype=np.int8)
-        held[perm[:n_test]] = 2
-        held[perm[n_test : n_test + n_val]] = 1
-        return held[movies]
-    if split != "temporal":
-        raise ValueError(f"unknown split {split!r}; use random, temporal, cold_movies or files")
-    order = np.lexsort((movies, timestamp, users))
-    sorted_users = users[order]
-    per_user = np.bincount(users)
-    start = np.r_[0, np.cumsum(per_user)[:-1]]
-    rank = np.arange(n) - start[sorted_users]
-    size = per_user[sorted_users]
-    n_test = np.floor(size * test_fraction).astype(np.int64)
-    n_val = np.floor(size * val_fraction).astype(np.int64)
-    out[order[rank >= size - n_test]] = 2
-    out[order[(rank >= size - n_test - n_val) & (rank < size - n_test)]] = 1
-    return out
-
-
-def fold_assignment(release: Release, fold: str, val_fraction: float, seed: int) -> np.ndarray:
-    """0 / 1 / 2 per rating from ml-100k's `<fold>.base` / `<fold>.test`, validation carved from the base by seed.
-
-    Raises:
-        DataError: the fold files are missing, or they and the release's ratings are not the same ratings.
-    """
-    base, test = read_fold(release.folder, fold)
-    ratings = release.ratings
-    span = int(max(ratings["movie_id"].to_numpy().max(), base["movie_id"].to_numpy().max(), test["movie_id"].to_numpy().max())) + 1
-    key = lambda t: t["user_id"].to_numpy() * span + t["movie_id"].to_numpy()  # noqa: E731
-    rows, in_base, in_test = key(ratings), key(base), key(test)
-    out = np.full(len(rows), -1, dtype=np.int8)
-    out[np.isin(rows, in_test)] = 2
-    base_rows = np.flatnonzero(np.isin(rows, in_base) & (out < 0))
-    out[base_rows] = 0
-    out[np.random.default_rng(seed).permutation(base_rows)[: int(round(len(base_rows) * val_fraction))]] = 1
-    unmatched = int((out < 0).sum()) + int((~np.isin(in_base, rows)).sum()) + int((~np.isin(in_test, rows)).sum())
-    if unmatched:
-        raise DataError(
-            f"{release.folder}: {fold}.base and {fold}.test do not hold the same ratings as {release.files[0].name} "
-            f"({unmatched:,} ratings are in one and not the other); are they from this release?"
-        )
-    return out
-
-
-def _cold_in_test(users: np.ndarray, items: np.ndarray, assignment: np.ndarray) -> dict:
-    """How many test ratings have a user or a movie the training part never saw (logged; they stay in test)."""
-    train = assignment == 0
-    test = assignment == 2
-    new_user = ~np.isin(users[test], np.unique(users[train]))
-    new_movie = ~np.isin(items[test], np.unique(items[train]))
-    if new_user.any() or new_movie.any():
-        log.warning(
-            "%d test ratings have a user and %d a movie absent from the training part; they are scored with ids "
-            "the model never trained (biases fall back to the mean)", int(new_user.sum()), int(new_movie.sum()),
-        )  # fmt: skip
-    return {"test_ratings_of_unseen_users": int(new_user.sum()), "test_ratings_of_unseen_movies": int(new_movie.sum())}
-
-
 AGE_BOUNDS = np.array([18, 25, 35, 45, 50, 56])
 """ml-1m's age ranges (under 18, 18-24, ..., 56+); ml-100k's ages in years are bucketed the same way."""
 ZIP_PREFIX = 2
@@ -323,24 +330,16 @@ def user_feature_codes(user_ids: np.ndarray, demographics: pa.Table | None) -> d
     return out
 
 
-def _write_users(path: Path, user_ids: np.ndarray, users: np.ndarray, rating: np.ndarray, demographics: pa.Table | None) -> dict:
+def _write_users(path: Path, user_ids: np.ndarray, count: np.ndarray, total: np.ndarray, demographics: pa.Table | None) -> dict:
     """users.parquet: ids, training counts and sums, and demographic codes; returns each code's table size."""
-    n = len(user_ids)
     codes = user_feature_codes(user_ids, demographics)
-    table = pa.table(
-        {
-            "user_id": user_ids,
-            "train_count": np.bincount(users, minlength=n).astype(np.int32),
-            "train_sum": np.bincount(users, weights=rating, minlength=n).astype(np.float32),
-            **codes,
-        }
-    )
+    table = pa.table({"user_id": user_ids, "train_count": count.astype(np.int32), "train_sum": total.astype(np.float32), **codes})
     pq.write_table(table, path, compression="zstd")
     return {name: int(column.max()) + 1 for name, column in codes.items()}
 
 
-def _write_movies(path: Path, movies: pa.Table, genre_names: list[str], items: np.ndarray, rating: np.ndarray) -> None:
-    n = movies.num_rows
+def _write_movies(path: Path, movies: pa.Table, genre_names: list[str], count: np.ndarray, total: np.ndarray) -> None:
+    """movies.parquet: ids, titles, years, genre lists and training counts and sums, in movie-id order."""
     lists = movies["genres"].combine_chunks()
     genre_ids = pc.index_in(lists.flatten(), value_set=pa.array(genre_names, pa.string())).cast(pa.int32())
     offsets = np.r_[0, pc.list_value_length(lists).to_numpy().cumsum()].astype(np.int32)
@@ -351,8 +350,8 @@ def _write_movies(path: Path, movies: pa.Table, genre_names: list[str], items: n
             "title": movies["title"],
             "year": parse_years(movies["title"]),
             "genres": genre_lists,
-            "train_count": np.bincount(items, minlength=n).astype(np.int32),
-            "train_sum": np.bincount(items, weights=rating, minlength=n).astype(np.float32),
+            "train_count": count.astype(np.int32),
+            "train_sum": total.astype(np.float32),
         }
     )
     pq.write_table(table, path, compression="zstd")
@@ -366,8 +365,11 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_prepared(folder: str | Path) -> Prepared:
-    """Load a prepared dataset into numpy columns.
+def load_prepared(folder: str | Path, rank: int = 0, world_size: int = 1) -> Prepared:
+    """Open a prepared dataset: the manifest and the per-user and per-movie tables; the splits are read on demand.
+
+    Args:
+        rank, world_size: the part of each split this process reads for batches (see batches.SplitRows).
 
     Raises:
         DataError: the folder is missing, incomplete, or from another format version.
@@ -379,24 +381,25 @@ def load_prepared(folder: str | Path) -> Prepared:
     manifest = json.loads(manifest_path.read_text())
     if manifest.get("format_version") != FORMAT_VERSION:
         raise DataError(f"{folder}: prepared with format {manifest.get('format_version')}, need {FORMAT_VERSION}; prepare it again")
-    for name in (*SPLITS, "users", "movies"):
+    for name in (*SPLITS, "train_by_user", "users", "movies"):
         if not (folder / f"{name}.parquet").is_file():
             raise DataError(f"{folder}: {name}.parquet is missing; prepare the dataset again")
-    splits = {name: _numpy_columns(pq.read_table(folder / f"{name}.parquet")) for name in SPLITS}
+    splits = {name: SplitColumns(folder / f"{name}.parquet") for name in SPLITS}
     users = _numpy_columns(pq.read_table(folder / "users.parquet"))
     movie_table = pq.read_table(folder / "movies.parquet")
     genres = movie_table["genres"].combine_chunks()
     movies = _numpy_columns(movie_table.drop_columns(["title", "genres"]))
     movies["genre_offsets"] = genres.offsets.to_numpy().astype(np.int64) - int(genres.offsets[0].as_py())
     movies["genre_values"] = genres.flatten().to_numpy().astype(np.int64)
-    return Prepared(folder, manifest, splits, users, movies, movie_table["title"].to_pylist(), manifest["genres"])
+    titles = movie_table["title"].to_pylist()
+    return Prepared(folder, manifest, splits, users, movies, titles, manifest["genres"], rank, world_size)
 
 
 def _numpy_columns(table: pa.Table) -> dict[str, np.ndarray]:
     return {name: table[name].to_numpy() for name in table.column_names}
 
 
-def ensure_prepared(cfg: DataConfig) -> Path:
+def ensure_prepared(cfg: DataConfig, progress: bool | None = None) -> Path:
     """The prepared folder for `cfg`, generating the synthetic release and preparing it first if needed.
 
     Results are cached under `cfg.cache_dir`, keyed by the settings that change them, and reused when the
@@ -418,8 +421,8 @@ def ensure_prepared(cfg: DataConfig) -> Path:
     if _is_current(out, source):
         log.info("using prepared dataset %s", out)
         return out
-    release = read_release(source, cfg.on_bad_rows)
-    return prepare(release, out, cfg.split, cfg.val_fraction, cfg.test_fraction, cfg.seed, cfg.fold)
+    return prepare(source, out, cfg.split, cfg.val_fraction, cfg.test_fraction, cfg.seed, cfg.fold,
+                   on_bad_rows=cfg.on_bad_rows, progress=progress)  # fmt: skip
 
 
 def _is_current(out: Path, source: Path) -> bool:

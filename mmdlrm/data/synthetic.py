@@ -74,37 +74,47 @@ class PlantedTruth:
         return cls(**values)
 
 
+BLOCK_RATINGS = 4_000_000
+"""Ratings generated and written at a time (a block of users): what bounds the generator's memory."""
+
+
 def generate(cfg: SyntheticConfig, out_dir: str | Path) -> Path:
     """Write ratings.csv, movies.csv, links.csv, tags.csv and truth.npz for `cfg` into `out_dir`.
 
-    Vectorised throughout: 25M ratings take about a minute on two cores.
+    Vectorised throughout, and a block of users at a time (about BLOCK_RATINGS ratings): 25M ratings take about
+    a minute on two cores, and memory does not grow with the release (a release of one block is drawn exactly
+    as it was before blocks).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(cfg.seed)
     movie_ids, titles, genre_names, movie_genres = _catalogue(cfg, rng)
     truth = _plant(cfg, rng, genre_names, movie_genres, movie_ids)
-    users, movies = _sample_pairs(cfg, rng, truth)
-    score = (
-        MEAN_RATING
-        + truth.user_bias[users]
-        + truth.movie_quality[movies]
-        + truth.alpha * _rowwise_dot(truth.user_taste, users, truth.movie_latent, movies)
-        + rng.normal(0.0, cfg.noise, len(users)).astype(np.float32)
-    )
-    half_stars = np.clip(np.rint(score * 2), 1, 10).astype(np.int8)
-    first_seen = rng.integers(820_000_000, 1_560_000_000, cfg.num_users)  # 1996 .. 2019
-    timestamps = first_seen[users] + rng.integers(0, 3 * 365 * 86_400, len(users))
-
-    _write_csv(
-        out / "ratings.csv",
-        {
-            "userId": pa.array(users + 1),
-            "movieId": pa.array(movie_ids[movies]),
-            "rating": pc.take(_STARS, pa.array(half_stars)),
-            "timestamp": pa.array(timestamps),
-        },
-    )
+    activity = rng.lognormal(0.0, 1.0, cfg.num_users)
+    popularity = rng.lognormal(0.0, 1.3, truth.movie_ids.size) * np.exp(truth.movie_quality)
+    popularity /= popularity.sum()
+    blocks = np.array_split(np.arange(cfg.num_users), max(1, -(-cfg.num_ratings // BLOCK_RATINGS)))
+    shares = np.array([activity[b].sum() for b in blocks]) / activity.sum()
+    targets = [cfg.num_ratings] if len(blocks) == 1 else rng.multinomial(cfg.num_ratings, shares).tolist()
+    first_seen = None
+    with _CsvAppender(out / "ratings.csv", RATINGS_HEADER) as ratings, _CsvAppender(out / "tags.csv", TAGS_HEADER) as tags:
+        for block, target in zip(blocks, targets):
+            tilt = (truth.user_taste, truth.movie_latent, cfg.watch_taste) if cfg.watch_taste else None
+            users, movies = _sample_pairs(rng, block, activity[block], popularity, target, tilt)
+            score = (
+                MEAN_RATING
+                + truth.user_bias[users]
+                + truth.movie_quality[movies]
+                + truth.alpha * _rowwise_dot(truth.user_taste, users, truth.movie_latent, movies)
+                + rng.normal(0.0, cfg.noise, len(users)).astype(np.float32)
+            )
+            half_stars = np.clip(np.rint(score * 2), 1, 10).astype(np.int8)
+            if first_seen is None:  # drawn here, after the first block's noise, as before blocks
+                first_seen = rng.integers(820_000_000, 1_560_000_000, cfg.num_users)  # 1996 .. 2019
+            timestamps = first_seen[users] + rng.integers(0, 3 * 365 * 86_400, len(users))
+            ratings.write({"userId": pa.array(users + 1), "movieId": pa.array(movie_ids[movies]),
+                           "rating": pc.take(_STARS, pa.array(half_stars)), "timestamp": pa.array(timestamps)})  # fmt: skip
+            tags.write(_tags(rng, truth, users, movies, timestamps))
     genre_strings = [
         "|".join(genre_names[row]) if row.any() else "(no genres listed)" for row in movie_genres.astype(bool)
     ]
@@ -117,11 +127,10 @@ def generate(cfg: SyntheticConfig, out_dir: str | Path) -> Path:
             "tmdbId": pa.array(900_000 + movie_ids),
         },
     )
-    _write_tags(out / "tags.csv", cfg, rng, truth, users, movies, timestamps)
     if cfg.media:
         write_media(out, movie_ids, titles.to_pylist(), truth.movie_quality, truth.movie_latent)
     truth.save(out / "truth.npz")
-    log.info("synthetic release: %d ratings, %d users, %d movies -> %s", len(users), cfg.num_users, len(movie_ids), out)
+    log.info("synthetic release: %d ratings, %d users, %d movies -> %s", cfg.num_ratings, cfg.num_users, len(movie_ids), out)
     return out
 
 
@@ -191,20 +200,25 @@ def _plant(
     )
 
 
-def _sample_pairs(cfg: SyntheticConfig, rng: np.random.Generator, truth: PlantedTruth) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct (user, movie) index pairs: heavy-tailed user activity and movie popularity, as in MovieLens."""
-    activity = rng.lognormal(0.0, 1.0, cfg.num_users)
-    popularity = rng.lognormal(0.0, 1.3, truth.movie_ids.size) * np.exp(truth.movie_quality)
-    popularity /= popularity.sum()
-    n_movies = truth.movie_ids.size
+def _sample_pairs(rng: np.random.Generator, users: np.ndarray, activity: np.ndarray, popularity: np.ndarray,
+                  count: int, tilt: tuple[np.ndarray, np.ndarray, float] | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """`count` distinct (user, movie) index pairs of the block `users` (consecutive user indices), sorted by user
+    then movie: heavy-tailed user activity and movie popularity, as in MovieLens. With `tilt` (tastes, movie
+    latents, strength), a drawn pair is kept with probability sigmoid(strength * <taste, latent>) (rejection)."""
+    n_movies = len(popularity)
+    first = int(users[0])
     keys = np.empty(0, dtype=np.int64)
-    while keys.size < cfg.num_ratings:
-        want = int((cfg.num_ratings - keys.size) * 1.1) + 16
+    while keys.size < count:
+        want = int((count - keys.size) * 1.1) + 16
         per_user = rng.multinomial(want, activity / activity.sum())
-        users = np.repeat(np.arange(cfg.num_users, dtype=np.int64), per_user)
+        drawn = np.repeat(np.arange(first, first + len(users), dtype=np.int64), per_user)
         movies = rng.choice(n_movies, want, p=popularity)
-        keys = np.unique(np.concatenate([keys, users * n_movies + movies]))
-    keys = np.sort(rng.choice(keys, cfg.num_ratings, replace=False))  # sorted by user, then movie
+        if tilt is not None:
+            taste, latent, strength = tilt
+            keep = rng.random(want) < 1.0 / (1.0 + np.exp(-strength * _rowwise_dot(taste, drawn, latent, movies)))
+            drawn, movies = drawn[keep], movies[keep]
+        keys = np.unique(np.concatenate([keys, drawn * n_movies + movies]))
+    keys = np.sort(rng.choice(keys, count, replace=False))  # sorted by user, then movie
     return keys // n_movies, keys % n_movies
 
 
@@ -217,8 +231,8 @@ def _rowwise_dot(a: np.ndarray, ia: np.ndarray, b: np.ndarray, ib: np.ndarray, c
     return out
 
 
-def _write_tags(path: Path, cfg, rng, truth: PlantedTruth, users, movies, timestamps) -> None:
-    """About one tag per 50 ratings, worded after the tagged movie's main genre cluster."""
+def _tags(rng: np.random.Generator, truth: PlantedTruth, users: np.ndarray, movies: np.ndarray, timestamps: np.ndarray) -> dict:
+    """About one tag per 50 ratings, worded after the tagged movie's main genre cluster (tags.csv columns)."""
     n = max(1, len(users) // 50)
     rows = rng.choice(len(users), n, replace=False)
     rows.sort()
@@ -226,15 +240,35 @@ def _write_tags(path: Path, cfg, rng, truth: PlantedTruth, users, movies, timest
     main_genre = truth.movie_genres[movies[rows]].argmax(1)
     words = np.array([w for tags in CLUSTER_TAGS for w in tags])
     word = genre_cluster[main_genre] * len(CLUSTER_TAGS[0]) + rng.integers(0, len(CLUSTER_TAGS[0]), n)
-    _write_csv(
-        path,
-        {
-            "userId": pa.array(users[rows] + 1),
-            "movieId": pa.array(truth.movie_ids[movies[rows]]),
-            "tag": pa.array(words[word]),
-            "timestamp": pa.array(timestamps[rows] + 60),
-        },
-    )
+    return {"userId": pa.array(users[rows] + 1), "movieId": pa.array(truth.movie_ids[movies[rows]]),
+            "tag": pa.array(words[word]), "timestamp": pa.array(timestamps[rows] + 60)}  # fmt: skip
+
+
+RATINGS_HEADER = ["userId", "movieId", "rating", "timestamp"]
+TAGS_HEADER = ["userId", "movieId", "tag", "timestamp"]
+
+
+class _CsvAppender:
+    """A CSV written a table at a time as GroupLens writes its big files (bare header, no quotes), into a .tmp
+    file renamed into place when the `with` block ends without an error."""
+
+    def __init__(self, path: Path, header: list[str]) -> None:
+        self.path, self.tmp, self.header = path, path.with_suffix(".csv.tmp"), header
+
+    def __enter__(self) -> _CsvAppender:
+        self.sink = open(self.tmp, "wb")
+        self.sink.write((",".join(self.header) + "\n").encode())
+        return self
+
+    def write(self, columns: dict[str, pa.Array]) -> None:
+        pacsv.write_csv(pa.table(columns), self.sink, pacsv.WriteOptions(include_header=False, quoting_style="none"))
+
+    def __exit__(self, kind, value, traceback) -> None:
+        self.sink.close()
+        if kind is None:
+            self.tmp.replace(self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
 
 
 def _write_csv(path: Path, columns: dict[str, pa.Array]) -> None:

@@ -11,7 +11,9 @@ the warning says what to do if the titles look wrong.
 
 Line numbers are file lines (1-based, header included). pyarrow skips blank lines and lets a quoted value span
 lines, so row i is not always line i + 2; on the error path the rows are mapped back to file lines by finding the
-non-blank records (`_record_lines`), never on the fast path.
+non-blank records (`_record_lines`), never on the fast path. `parse_text` parses either a whole file or a run of
+its lines that starts on a given file line: `chunks.BlockReader` reads files too big for memory that way, with the
+same checks and the same messages.
 """
 
 from __future__ import annotations
@@ -57,12 +59,21 @@ class BadRows:
     """Rows dropped under `on_bad_rows=skip`, counted by file and reason."""
 
     counts: dict[str, int] = field(default_factory=dict)
+    quiet: bool = False
+    """Count without a warning per call (a file read in blocks warns once, with its totals: see `merge`)."""
 
     def add(self, path: Path, reason: str, count: int) -> None:
         if count:
             key = f"{path.name}: {reason}"
             self.counts[key] = self.counts.get(key, 0) + int(count)
-            log.warning("skipped %d rows of %s (%s)", count, path, reason)
+            if not self.quiet:
+                log.warning("skipped %d rows of %s (%s)", count, path, reason)
+
+    def merge(self, path: Path, other: BadRows) -> None:
+        """Add the counts of `other` (rows of `path`), one warning per reason."""
+        prefix = f"{path.name}: "
+        for key, count in other.counts.items():
+            self.add(path, key.removeprefix(prefix), count)
 
     @property
     def total(self) -> int:
@@ -105,21 +116,7 @@ def read_table(
     bad_rows = bad_rows if bad_rows is not None else BadRows()
     data = _load_bytes(path, fmt)
     header = _check_header(path, data, columns, fmt, names)
-    read_opts = pacsv.ReadOptions(column_names=names, autogenerate_column_names=False, use_threads=True)
-    parse_opts = pacsv.ParseOptions(delimiter=fmt.delimiter, quote_char='"' if fmt.quoting else False)
-    # Only an empty field is null: pyarrow's defaults would also read "NaN" or "NA" as an empty value.
-    convert = pacsv.ConvertOptions(
-        column_types=columns, include_columns=list(columns), strings_can_be_null=False, null_values=[""]
-    )
-    if on_bad_rows == "error":
-        try:
-            table = pacsv.read_csv(pa.BufferReader(data), read_opts, parse_opts, convert)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            _raise_first_problem(path, data, columns, fmt, names, header)
-            raise  # _raise_first_problem always raises; this keeps pyarrow's error if it ever does not
-        _check_complete(path, data, table, header, fmt)
-    else:
-        table = _read_skipping(path, data, columns, fmt, names, bad_rows)
+    table = parse_text(path, data, columns, fmt, names=names, header=header, on_bad_rows=on_bad_rows, bad_rows=bad_rows)
     if table.num_rows == 0:
         raise DataError(f"{path}: no data rows{' after the header' if fmt.header else ''}; is the file complete?")
     if rename:
@@ -127,11 +124,52 @@ def read_table(
     return table
 
 
-def read_header(path: Path, fmt: TextFormat) -> list[str]:
-    """The column names on the header line of `path` (its first non-blank line)."""
+def parse_text(
+    path: Path,
+    data: bytes,
+    columns: dict[str, pa.DataType],
+    fmt: TextFormat,
+    *,
+    names: list[str] | None,
+    header: list[str],
+    on_bad_rows: OnBadRows,
+    bad_rows: BadRows,
+    first_line: int = 1,
+) -> pa.Table:
+    """Parse `data` (UTF-8 text of `path` with single-character delimiters) into the typed `columns`.
+
+    `data` may be the whole file or a run of whole lines of it starting on file line `first_line` (see `chunks`):
+    error messages name the file's line either way.
+
+    Raises:
+        DataError: a truncated line, a value that does not parse, an empty value or NaN (under "error").
+    """
+    read_opts = pacsv.ReadOptions(column_names=names, autogenerate_column_names=False, use_threads=True)
+    parse_opts = pacsv.ParseOptions(delimiter=fmt.delimiter, quote_char='"' if fmt.quoting else False)
+    # Only an empty field is null: pyarrow's defaults would also read "NaN" or "NA" as an empty value.
+    convert = pacsv.ConvertOptions(
+        column_types=columns, include_columns=list(columns), strings_can_be_null=False, null_values=[""]
+    )
+    if on_bad_rows == "skip":
+        return _read_skipping(path, data, columns, fmt, names, bad_rows)
+    try:
+        table = pacsv.read_csv(pa.BufferReader(data), read_opts, parse_opts, convert)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        _raise_first_problem(path, data, columns, fmt, names, header, first_line)
+        raise  # _raise_first_problem always raises; this keeps pyarrow's error if it ever does not
+    _check_complete(path, data, table, header, fmt, first_line)
+    return table
+
+
+def read_header(path: Path, fmt: TextFormat, columns: dict[str, pa.DataType] | None = None) -> list[str]:
+    """The column names on the header line of `path` (its first non-blank line).
+
+    Raises:
+        DataError: one of `columns` is not in the header (naming the header's line).
+    """
     with open(path, "rb") as f:
         head = f.read(1 << 16)  # a header line is short; the rest of the file is not needed
-    return _check_header(path, head.removeprefix(_BOM), {}, fmt, None)
+    return _check_header(path, head.removeprefix(_BOM), columns or {}, fmt, None)
 
 
 def file_lines(path: Path, fmt: TextFormat, rows: np.ndarray) -> np.ndarray:
@@ -140,7 +178,13 @@ def file_lines(path: Path, fmt: TextFormat, rows: np.ndarray) -> np.ndarray:
     Blank lines (which the reader skips) and quoted values spanning lines are counted, so the lines are the ones
     an editor shows. Reads the file again: for error messages only.
     """
-    return _row_lines(_record_lines(_raw_bytes(path), fmt.quoting), np.asarray(rows), fmt)
+    return text_lines(_raw_bytes(path), fmt, rows)
+
+
+def text_lines(data: bytes, fmt: TextFormat, rows: np.ndarray, first_line: int = 1) -> np.ndarray:
+    """File lines of data rows `rows` of `data`: text that starts on file line `first_line` (a header first if
+    `fmt.header`)."""
+    return _row_lines(_record_lines(data, fmt.quoting), np.asarray(rows), fmt) + (first_line - 1)
 
 
 def first_line(path: Path, mask: np.ndarray, fmt: TextFormat) -> int:
@@ -198,7 +242,7 @@ def _line_of_offset(data: bytes, offset: int) -> int:
     return (data.count(b"\n", 0, offset) or data.count(b"\r", 0, offset)) + 1
 
 
-def _check_complete(path: Path, data: bytes, table: pa.Table, header: list[str], fmt: TextFormat) -> None:
+def _check_complete(path: Path, data: bytes, table: pa.Table, header: list[str], fmt: TextFormat, first_line: int = 1) -> None:
     """Refuse empty values and NaN, which pyarrow reads without complaint."""
     for name in table.column_names:
         column = table.column(name)
@@ -209,7 +253,7 @@ def _check_complete(path: Path, data: bytes, table: pa.Table, header: list[str],
         else:
             continue
         index = np.flatnonzero(bad.to_numpy(zero_copy_only=False))[:1]
-        line = int(_row_lines(_record_lines(data, fmt.quoting), index, fmt)[0])
+        line = int(text_lines(data, fmt, index, first_line)[0])
         raise DataError(
             f"{path} line {line}, column {header.index(name) + 1} ({name}): {problem}, "
             "or pass data.on_bad_rows=skip to drop such rows"
@@ -218,58 +262,92 @@ def _check_complete(path: Path, data: bytes, table: pa.Table, header: list[str],
 
 def _raw_bytes(path: Path) -> bytes:
     """The file's bytes, refusing what is not delimited text (missing, empty, compressed, binary)."""
+    check_text_file(path)
+    data = path.read_bytes()
+    if data.isspace():
+        raise DataError(f"{path}: file is empty; re-download or re-extract the release")
+    return data
+
+
+def check_text_file(path: Path) -> None:
+    """Refuse, from its first bytes, a file that is not delimited text: missing, empty, compressed, UTF-16, binary.
+
+    Raises:
+        DataError: naming the file and the fix (decompress it, save it as UTF-8, ...).
+    """
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    data = path.read_bytes()
-    if not data or data.isspace():
+    with open(path, "rb") as f:
+        head = f.read(8192)
+    if not head or (head.isspace() and path.stat().st_size == len(head)):
         raise DataError(f"{path}: file is empty; re-download or re-extract the release")
     for magic, kind, tool in _COMPRESSED:
-        if data.startswith(magic):
+        if head.startswith(magic):
             raise DataError(
                 f"{path}: this is a {kind}-compressed file, not text; decompress it ({tool} {path.name}) and point "
                 "at the extracted file"
             )
-    if data.startswith(b"BZh") and data[3:4].isdigit():
+    if head.startswith(b"BZh") and head[3:4].isdigit():
         raise DataError(f"{path}: this is a bzip2-compressed file, not text; decompress it (bunzip2 {path.name}) first")
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise DataError(f"{path}: this is UTF-16 text; save it again as UTF-8 (\"CSV UTF-8\" in spreadsheet programs)")
-    if b"\x00" in data[:8192]:
+    if b"\x00" in head:
         raise DataError(f"{path}: holds binary data (NUL bytes), not delimited text; is it the right file?")
-    return data
 
 
 def _load_bytes(path: Path, fmt: TextFormat) -> bytes:
     """The file as UTF-8 bytes with single-character delimiters, ready for pyarrow."""
-    data = _raw_bytes(path)
-    data = data.removeprefix(_BOM)
-    if fmt.encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
-        data = _as_utf8(path, data)
-    else:
+    return decode_text(path, _raw_bytes(path), fmt)[0]
+
+
+def decode_text(
+    path: Path, data: bytes, fmt: TextFormat, first_line: int = 1, latin1: bool = False
+) -> tuple[bytes, bool]:
+    """Raw bytes of `path` (the whole file, or whole lines of it from file line `first_line`) as UTF-8 with
+    single-character delimiters, ready for pyarrow; and whether they were read as Latin-1.
+
+    A UTF-8 byte-order mark is dropped from the file's start. A UTF-8 file whose bytes are not valid UTF-8 is read
+    as Latin-1 with a warning naming the line; `latin1` says an earlier part of the file already was (read this
+    part the same way, without another warning).
+    """
+    if first_line == 1:
+        data = data.removeprefix(_BOM)
+    if fmt.encoding.lower().replace("_", "-") not in ("utf-8", "utf8"):
         data = data.decode(fmt.encoding).encode("utf-8")
+    elif latin1:
+        data = data.decode("latin-1").encode("utf-8")
+    else:
+        bad = utf8_error(data)
+        if bad is not None:
+            warn_latin1(path, _line_of_offset(data, bad) + first_line - 1, data[bad])
+            data, latin1 = data.decode("latin-1").encode("utf-8"), True
     if fmt.multi_char_delimiter:
         data = data.replace(fmt.multi_char_delimiter.encode(), fmt.delimiter.encode())
-    return data
+    return data, latin1
 
 
-def _as_utf8(path: Path, data: bytes) -> bytes:
-    """`data` if it is valid UTF-8, else `data` read as Latin-1 (re-encoded as UTF-8), with a warning."""
+def utf8_error(data: bytes) -> int | None:
+    """Offset of the first byte that is not valid UTF-8, or None when `data` is valid UTF-8."""
     offsets = pa.py_buffer(np.array([0, len(data)], np.int64).tobytes())
     try:  # pyarrow checks UTF-8 at memory speed, without making a Python string of the whole file
         pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(data)]).validate(full=True)
-        return data
+        return None
     except pa.ArrowInvalid:
         pass
     try:
         data.decode("utf-8")
-        return data
+        return None
     except UnicodeDecodeError as err:
-        start = err.start
+        return err.start
+
+
+def warn_latin1(path: Path, line: int, byte: int) -> None:
+    """Say that `path` is not UTF-8 (first at `line`) and is read as Latin-1."""
     log.warning(
         "%s line %d: not valid UTF-8 (byte 0x%02X), which MovieLens CSV files are; reading the file as Latin-1, "
         "the encoding of MovieLens' older releases. If titles look wrong, save the file again as UTF-8",
-        path, _line_of_offset(data, start), data[start],
+        path, line, byte,
     )  # fmt: skip
-    return data.decode("latin-1").encode("utf-8")
 
 
 def _check_header(
@@ -328,14 +406,16 @@ def _value_problems(text: pa.Table, columns: dict[str, pa.DataType]) -> list[tup
 
 
 def _raise_first_problem(
-    path: Path, data: bytes, columns: dict[str, pa.DataType], fmt: TextFormat, names: list[str] | None, header
+    path: Path, data: bytes, columns: dict[str, pa.DataType], fmt: TextFormat, names: list[str] | None, header,
+    first_line: int = 1,
 ) -> None:
     text, invalid = _invalid_rows(path, data, fmt, names)
     lines = _record_lines(data, fmt.quoting)
     if invalid:
         row = invalid[0]
         # pyarrow numbers records from 1, header included, skipping blank lines: record n is lines[n - 1]
-        line = int(lines[row.number - 1]) if row.number is not None and row.number <= len(lines) else "?"
+        known = row.number is not None and row.number <= len(lines)
+        line = int(lines[row.number - 1]) + first_line - 1 if known else "?"
         raise DataError(
             f"{path} line {line}: expected {row.expected_columns} columns, got {row.actual_columns} "
             f"(truncated or malformed line: {row.text[:80]!r}); fix or delete the line, or pass "
@@ -346,7 +426,7 @@ def _raise_first_problem(
         value = text.column(name)[int(index[0])].as_py()
         col = header.index(name) + 1
         raise DataError(
-            f"{path} line {int(_row_lines(lines, index, fmt)[0])}, column {col} ({name}): {value!r} is not {kind}; "
+            f"{path} line {int(_row_lines(lines, index, fmt)[0]) + first_line - 1}, column {col} ({name}): {value!r} is not {kind}; "
             "fix the value, or pass data.on_bad_rows=skip to drop such rows"
         )
     raise DataError(f"{path}: could not be parsed as {'::' if fmt.multi_char_delimiter else fmt.delimiter!r}-separated text")

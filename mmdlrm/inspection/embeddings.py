@@ -92,7 +92,7 @@ def planted_correlation(report: GenreReport, truth: PlantedTruth) -> float:
 def nearest_movies(model: ExportedModel, movie_id: int, k: int = 10) -> list[tuple[int, str, float]]:
     """The k movies whose learnt vectors are nearest (cosine) to raw MovieLens `movie_id`'s."""
     index = _movie_index(model, movie_id)
-    vectors = torch.nn.functional.normalize(table(model, "movie"), dim=1)
+    vectors = torch.nn.functional.normalize(table(model, "movie")[: len(model.movie_ids)], dim=1)  # no "unknown" row
     scores = vectors @ vectors[index]
     scores[index] = -2.0
     best = torch.topk(scores, min(k, len(scores) - 1))

@@ -58,10 +58,12 @@ def table_name(feature: str) -> str:
 def sparse_features(cfg: ModelConfig, vocab: Vocab) -> list[SparseFeature]:
     """The model's sparse features in key order: the base four, the user history if on, then `vocab.extra`."""
     sizes = vocab.sizes()
-    out = [SparseFeature(f, table_name(f), max(sizes[f], 1), f == "genre") for f in SPARSE_FEATURES]
+    base = [f for f in SPARSE_FEATURES if cfg.user_id or f != "user"]
+    sizes["movie"] += 1 if cfg.movie_id_dropout else 0  # + the "unknown movie" row new movies look up
+    out = [SparseFeature(f, table_name(f), max(sizes[f], 1), f == "genre") for f in base]
     if cfg.history_length:
         table = table_name("movie") if cfg.history_table == "shared" else table_name("history")
-        out.append(SparseFeature("history", table, max(vocab.movies, 1), True))
+        out.append(SparseFeature("history", table, max(sizes["movie"], 1), True))
     out += [SparseFeature(name, table_name(name), max(rows, 1), False) for name, rows in vocab.extra]
     return out
 

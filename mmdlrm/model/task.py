@@ -73,11 +73,12 @@ def build_task_module(
     sparse_device: str = "meta",
     content_dims: dict[str, int] | None = None,
     projection_dim: int = 16,
+    fusion: str = "dense",
 ) -> TaskModule:
     """The model and its objective as the config asks.
 
     Tables default to the meta device: DistributedModelParallel allocates each shard where the plan puts it.
     """
     model = MovieDLRM(cfg, vocab, dense_in, device=device, sparse_device=torch.device(sparse_device),
-                      content_dims=content_dims, projection_dim=projection_dim)  # fmt: skip
+                      content_dims=content_dims, projection_dim=projection_dim, fusion=fusion)  # fmt: skip
     return TaskModule(model, objective, cfg.embedding_l2)

@@ -61,9 +61,10 @@ def test_ranking_batches_put_each_positives_negatives_after_the_positives(tiny_p
     torch.testing.assert_close(users[64:].view(64, 3), users[:64].unsqueeze(1).expand(64, 3))
     seen = set(zip(train["user"].tolist(), train["movie"].tolist()))
     negatives = list(zip(users[64:].tolist(), batch.movies[64:].tolist()))
-    # Known pairs are redrawn; what a few rounds could not avoid is counted, and is rare.
-    assert sum(pair in seen for pair in negatives) == sampler.collisions <= 2
-    # Negatives are drawn for the global batch: two ranks together see what one process sees.
+    # Known pairs are redrawn; what a few rounds could not avoid is counted, and is rare: here (users who rated
+    # up to 56 % of the movies) about 1 in a batch of 192 negatives is expected, more than 5 less than 1 % of the time.
+    assert sum(pair in seen for pair in negatives) == sampler.collisions <= 5
+    # Negatives are drawn per range of the split, as are the rows: two ranks together see what one process sees.
     halves = [next(iter(BatchLoader(builder, rows, 64, shuffle=True, seed=4, rank=r, world_size=2, leave_one_out=True,
                                     negatives=sampler))) for r in range(2)]  # fmt: skip
     negatives_2 = torch.cat([h.movies[32:] for h in halves])

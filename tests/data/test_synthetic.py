@@ -60,6 +60,23 @@ def test_same_seed_same_bytes(tmp_path):
     assert (a / "ratings.csv").read_bytes() != (c / "ratings.csv").read_bytes()
 
 
+def test_watch_taste_steers_the_watched_pairs_towards_the_users_tastes(tmp_path):
+    def mean_match(watch_taste: float) -> float:
+        cfg = SyntheticConfig(num_users=300, num_movies=200, num_ratings=6000, watch_taste=watch_taste, media=False)
+        out = generate(cfg, tmp_path / str(watch_taste))
+        truth = PlantedTruth.load(out / "truth.npz")
+        ratings = pacsv.read_csv(out / "ratings.csv").to_pandas()
+        users, movies = ratings["userId"].to_numpy() - 1, np.searchsorted(truth.movie_ids, ratings["movieId"])
+        assert len(ratings) == 6000 and not ratings.duplicated(["userId", "movieId"]).any()
+        return float(np.einsum("ij,ij->i", truth.user_taste[users], truth.movie_latent[movies]).mean())
+
+    plain, steered = mean_match(0.0), mean_match(4.0)
+    assert abs(plain) < 0.1  # tastes are centred: popularity alone picks no side
+    assert steered > plain + 0.3
+    with pytest.raises(ConfigError, match="watch_taste must be >= 0"):
+        SyntheticConfig(watch_taste=-1.0)
+
+
 def test_too_many_ratings_for_the_pairs_is_a_config_error():
     with pytest.raises(ConfigError, match="over half of all user-movie pairs"):
         SyntheticConfig(num_users=10, num_movies=10, num_ratings=80)

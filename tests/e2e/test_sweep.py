@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,16 @@ def test_sweep_chooses_on_validation_and_continues_where_it_stopped(tmp_path, ca
     assert main(args) == 0  # a finished point is read back, not trained again
     assert (folder / "p00" / "results.json").stat().st_mtime_ns == before
     assert json.loads((folder / "sweep.json").read_text())["chosen"] == summary["chosen"]
+
+
+@pytest.mark.parametrize("grid", sorted((REPO / "configs" / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_grid_reads_and_names_real_keys(grid):
+    from mmdlrm.config import load_config
+
+    text = grid.read_text()
+    assert text.startswith("#"), "each grid opens with a comment saying what it is for and on which config"
+    comment = " ".join(line for line in text.splitlines() if line.startswith("#"))
+    base = re.search(r"configs/[\w.-]+\.yaml", comment)
+    assert base and (REPO / base[0]).is_file(), f"{grid.name}: the comment names no shipped config"
+    for point in read_grid(grid):
+        load_config(REPO / base[0], point)

@@ -34,3 +34,30 @@ def test_stand_in_is_learnt_and_buffers_stay_out_of_the_state_dict():
     content(torch.tensor([0, 1])).sum().backward()
     assert content.stand_ins["text"].grad is not None and content.stand_ins["text"].grad.abs().sum() > 0
     assert set(content.state_dict()) == {"projections.text.weight", "projections.text.bias", "stand_ins.text"}
+
+
+def test_interaction_fusion_puts_each_modality_beside_the_embeddings():
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    from mmdlrm.config import ModelConfig
+    from mmdlrm.model.dlrm import MovieDLRM
+    from mmdlrm.model.tables import Vocab
+
+    cfg = ModelConfig(embedding_dim=8, dense_arch=[6], over_arch=[8])
+    vocab = Vocab(users=4, movies=3, genres=2, year_buckets=3)
+    model = MovieDLRM(cfg, vocab, 5, sparse_device=torch.device("cpu"), content_dims={"text": 6, "image": 5}, fusion="interaction")
+    model.content.set_vectors("text", torch.randn(3, 6).half(), torch.tensor([False, False, True]))
+    kjt = KeyedJaggedTensor(keys=["user", "movie", "genre", "year"], values=torch.tensor([1, 2, 0, 2, 1, 1, 0, 1]),
+                            lengths=torch.tensor([1, 1, 1, 1, 1, 1, 1, 1]))  # fmt: skip
+    logits, _ = model.score(torch.randn(2, 5), kjt, torch.tensor([0, 2]))
+    assert logits.shape == (2,)
+    # 4 embeddings + 2 modalities + the dense vector: 7 vectors, 21 dot products, beside the D-wide dense vector.
+    assert model.dlrm.over_arch.model[0]._mlp[0]._linear.in_features == 8 + 21
+    assert model.content.out_features == 2 * 8
+    # The text projection reaches the logits of a movie that has a summary (movie 0), not of one that has none.
+    dense, movies = torch.zeros(2, 5), torch.tensor([0, 2])
+    with torch.no_grad():
+        before = model.score(dense, kjt, movies)[0]
+        model.content.projections["text"].weight.add_(1.0)
+        after = model.score(dense, kjt, movies)[0]
+    assert after[0] != before[0] and after[1] == before[1]
