@@ -14,7 +14,7 @@ from mmdlrm.data.synthetic import PlantedTruth
 from mmdlrm.distributed.env import DistEnv
 from mmdlrm.evaluation.ranking import KS, evaluate_ranking, model_scorer
 from mmdlrm.inspection.embeddings import genre_report, nearest_movies, plot_genres
-from mmdlrm.inspection.recommend import Recommendation, format_recommendations, recommend
+from mmdlrm.inspection.recommend import Recommendation, format_recommendations, movie_genres, recommend
 from mmdlrm.inspection.run import Run, open_run
 from mmdlrm.tasks import Block, Evaluation, RankingTask, ranking_baselines
 
@@ -44,7 +44,8 @@ def inspect_genres(folder: Path) -> str:
 def inspect_movies(folder: Path, movie_id: int, k: int) -> str:
     """The k movies nearest to `movie_id` by learnt embedding."""
     run = open_run(folder)
-    items = [Recommendation(m, title, [], score) for m, title, score in nearest_movies(run.model, movie_id, k)]
+    index = {int(m): i for i, m in enumerate(run.data.movies["movie_id"])}
+    items = [Recommendation(m, title, movie_genres(run, index[m]), score) for m, title, score in nearest_movies(run.model, movie_id, k)]
     return f"nearest to {_title(run, movie_id)}:\n" + format_recommendations(items, "cosine")
 
 

@@ -54,12 +54,14 @@ def recommend(run: Run, user_id: int, k: int = 10, popular_if_unknown: bool = Fa
 
 def _listing(run: Run, scores: torch.Tensor, seen: np.ndarray, k: int) -> list[Recommendation]:
     data = run.data
-    offsets, values = data.movies["genre_offsets"], data.movies["genre_values"]
-    out = []
-    for i in top_k(scores, seen, k).tolist():
-        genres = [data.genres[g] for g in values[offsets[i] : offsets[i + 1]]]
-        out.append(Recommendation(int(data.movies["movie_id"][i]), data.titles[i], genres, float(scores[i])))
-    return out
+    return [Recommendation(int(data.movies["movie_id"][i]), data.titles[i], movie_genres(run, i), float(scores[i]))
+            for i in top_k(scores, seen, k).tolist()]  # fmt: skip
+
+
+def movie_genres(run: Run, index: int) -> list[str]:
+    """The genre names of the movie at contiguous `index`."""
+    offsets, values = run.data.movies["genre_offsets"], run.data.movies["genre_values"]
+    return [run.data.genres[g] for g in values[offsets[index] : offsets[index + 1]]]
 
 
 def format_recommendations(items: list[Recommendation], score_name: str = "score") -> str:

@@ -69,6 +69,9 @@ def test_recommendations_skip_seen_movies_and_unknown_users_are_explained(run, c
     assert main(["inspect", "movies", str(run), "--movie", str(most), "-k", "5"]) == 0
     listing = capsys.readouterr().out.splitlines()
     assert listing[0].startswith(f"nearest to {most} ") and len(listing) == 2 * (1 + 1 + 5)  # two listings of 5
+    genre_names = set(opened.data.genres)
+    for line in listing[2:7]:  # each neighbour with its genres, as the user listing shows them
+        assert set(line.split()[-1].split("|")) <= genre_names, line
     assert main(["inspect", "movies", str(run), "--movie", "123456789"]) == 2
     assert "movie 123456789 is not in this model's catalogue" in capsys.readouterr().err
 
