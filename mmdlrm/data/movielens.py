@@ -387,6 +387,19 @@ def _split_genres(movies: pa.Table) -> pa.Table:
     return movies.set_column(movies.column_names.index("genres"), "genres", lists)
 
 
+def rating_checks(user: np.ndarray, movie: np.ndarray, rating: np.ndarray, unknown: np.ndarray) -> list[tuple]:
+    """The checks every rating passes, as (bad-row mask, reason, fix, column, values); `unknown` marks movie ids
+    missing from the catalogue. Shared by the in-memory reader and the streamed one (`ratings_stream`)."""
+    out_of_range = ~((rating >= RATING_RANGE[0]) & (rating <= RATING_RANGE[1]))
+    ids = "ids are whole numbers from 0 up; fix the id"
+    return [
+        (user < 0, "user id is negative", ids, "user_id", user),
+        (movie < 0, "movie id is negative", ids, "movie_id", movie),
+        (out_of_range, "rating outside 0.5..5.0", "ratings are stars from 0.5 to 5.0", "rating", rating),
+        (unknown, "movie id not in the movies file", "add the movie to the movies file or drop the rating", "movie_id", movie),
+    ]  # fmt: skip
+
+
 def _validate_ratings(release: Release, on_bad_rows: OnBadRows) -> pa.Table:
     """Check ratings (ids, range, catalogue, one per user and movie); drop or report offenders."""
     ratings = release.ratings
@@ -394,17 +407,9 @@ def _validate_ratings(release: Release, on_bad_rows: OnBadRows) -> pa.Table:
     user = ratings["user_id"].to_numpy()
     movie = ratings["movie_id"].to_numpy()
     rating = ratings["rating"].to_numpy()
-    out_of_range = ~((rating >= RATING_RANGE[0]) & (rating <= RATING_RANGE[1]))
     unknown = ~pc.is_in(ratings["movie_id"], value_set=release.movies["movie_id"]).to_numpy(zero_copy_only=False)
-    ids = "ids are whole numbers from 0 up; fix the id"
-    checks = [
-        (user < 0, "user id is negative", ids, "user_id", user),
-        (movie < 0, "movie id is negative", ids, "movie_id", movie),
-        (out_of_range, "rating outside 0.5..5.0", "ratings are stars from 0.5 to 5.0", "rating", rating),
-        (unknown, "movie id not in the movies file", "add the movie to the movies file or drop the rating", "movie_id", movie),
-    ]  # fmt: skip
     keep = np.ones(len(rating), dtype=bool)
-    for mask, reason, fix, name, values in checks:
+    for mask, reason, fix, name, values in rating_checks(user, movie, rating, unknown):
         if not mask.any():
             continue
         if on_bad_rows == "skip":

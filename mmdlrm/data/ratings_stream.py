@@ -19,9 +19,8 @@ import numpy as np
 import pyarrow as pa
 
 from mmdlrm.data.chunks import BlockReader
-from mmdlrm.data.movielens import _CSV, _CSV_NAMES, _DAT, _RATINGS_NAMES, _U_DATA, Release, ReleaseKind
+from mmdlrm.data.movielens import _CSV, _CSV_NAMES, _DAT, _RATINGS_NAMES, _U_DATA, Release, ReleaseKind, rating_checks
 from mmdlrm.data.tables import BadRows, DataError, OnBadRows, TextFormat
-from mmdlrm.schema import RATING_RANGE
 
 MIN_LINE_BYTES = 16
 """A rating line is at least this long in practice (`1,1,4.0,9649827`): an upper bound on the rows of a file."""
@@ -99,16 +98,8 @@ class FolderRatings:
         rating = table["rating"].to_numpy()
         index = np.searchsorted(self.movie_ids, movie).clip(max=len(self.movie_ids) - 1)
         unknown = self.movie_ids[index] != movie
-        out_of_range = ~((rating >= RATING_RANGE[0]) & (rating <= RATING_RANGE[1]))
-        ids = "ids are whole numbers from 0 up; fix the id"
-        checks = [
-            (user < 0, "user id is negative", ids, "user_id", user),
-            (movie < 0, "movie id is negative", ids, "movie_id", movie),
-            (out_of_range, "rating outside 0.5..5.0", "ratings are stars from 0.5 to 5.0", "rating", rating),
-            (unknown, "movie id not in the movies file", "add the movie to the movies file or drop the rating", "movie_id", movie),
-        ]  # fmt: skip
         keep = np.ones(len(rating), dtype=bool)
-        for mask, reason, fix, name, values in checks:
+        for mask, reason, fix, name, values in rating_checks(user, movie, rating, unknown):
             if not mask.any():
                 continue
             if self.on_bad_rows == "skip":
