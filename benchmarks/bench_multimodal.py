@@ -41,7 +41,7 @@ from mmdlrm.data.prepare import ensure_prepared  # noqa: E402
 from mmdlrm.distributed.env import init_distributed, teardown  # noqa: E402
 from mmdlrm.features.encoders import build_encoders  # noqa: E402
 from mmdlrm.features.extract import extract  # noqa: E402
-from mmdlrm.features.inputs import catalogue_texts, read_posters, read_summaries  # noqa: E402
+from mmdlrm.features.inputs import catalogue_texts, read_passages, read_posters  # noqa: E402
 from mmdlrm.train import train  # noqa: E402
 
 SYNTHETIC_FEATURES = ["features.clip_model=mmdlrm-tiny-clip", "features.clip_pretrained=random",
@@ -61,7 +61,7 @@ def release_info(data: DataConfig) -> dict:
 def bench_extraction(cfg, release: Path) -> list[dict]:
     """Posters/s and texts/s of each encoder on the release's inputs (a fresh store each, nothing reused)."""
     posters = read_posters(release / "posters")
-    summaries = read_summaries(release / "summaries.csv")
+    summaries = read_passages(release / "summaries.csv")
     ids = sorted(posters)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,7 +76,7 @@ def bench_extraction(cfg, release: Path) -> list[dict]:
         image.encode_images(chunk)
     rows.append({"what": f"posters, {image.name} (encode only)", "items": len(pixels),
                  "items_per_s": len(pixels) / (time.perf_counter() - start)})  # fmt: skip
-    texts = [summaries[m] for m in ids[:512]]
+    texts = [summaries["summary"][m] for m in ids[:512]]
     for encoder in ("minilm", "open_clip"):
         _, text = build_encoders(dataclasses.replace(cfg, text_encoder=encoder), torch.device("cpu"), images=False)
         start = time.perf_counter()

@@ -40,11 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     features_sub = features.add_subparsers(dest="features_command", required=True)
     clip = features_sub.add_parser("clip", help="encode each movie's poster and summary once into the feature store "
                                    "(features.posters, features.summaries, features.store)")
-    texts = features_sub.add_parser("summaries", help="write summaries.csv from TMDB / MeLU / DBpedia texts")
+    texts = features_sub.add_parser("summaries", help="write summaries.csv (a row per movie and source) from TMDB / MeLU / DBpedia texts")
     texts.add_argument("--links", type=Path, help="MovieLens links.csv, or the release folder holding it (maps "
                        "TMDB ids to movieIds; only the CSV releases have one)")
-    texts.add_argument("--tmdb", type=Path, help="TMDB movies CSV with id and overview (joined through --links)")
-    texts.add_argument("--melu", type=Path, help="MeLU movies_extrainfos.dat (ml-1m plots, keyed by movieId)")
+    texts.add_argument("--tmdb", type=Path, help="TMDB movies CSV with id, overview [, tagline, keywords] (joined through --links)")
+    texts.add_argument("--melu", type=Path, help="MeLU movies_extrainfos.dat (ml-1m plots and credits, keyed by movieId)")
     texts.add_argument("--dbpedia", type=Path, help="JSON {movieId: abstract}")
     texts.add_argument("--out", type=Path, required=True, help="summaries CSV to write")
 
@@ -223,18 +223,23 @@ def _features(cfg) -> int:
 
 
 def _summaries(args: argparse.Namespace) -> int:
-    """Gather summaries from the given sources, the first source that has a movie winning.
+    """Gather each movie's texts from the given sources into one CSV: a row per movie and source (movieId, source,
+    summary), so that training encodes each source's text on its own (`mmdlrm.features.extract`).
 
-    MeLU and DBpedia key their texts by movieId; TMDB by its own id, which only a MovieLens links.csv maps to
-    movieIds (ml-100k, ml-1m and ml-10m have none). A source that cannot be joined is named with the reason and
-    left out; the others are still written.
+    Sources: TMDB overview and tagline + keywords (`tmdb_overview`, `tmdb_keywords`), MeLU plot and credits
+    (`melu_plot`, `melu_credits`), DBpedia abstract (`dbpedia_abstract`). MeLU and DBpedia key their texts by movieId;
+    TMDB by its own id, which only a MovieLens links.csv maps to movieIds (ml-100k, ml-1m and ml-10m have none). A
+    source that cannot be joined is named with the reason and left out; the others are still written. With --links,
+    movies that links.csv (the release's catalogue) lacks are left out, and counted.
 
     Raises:
         ConfigError: no source given, or none that can be joined.
     """
+    from mmdlrm.data.movielens import read_links
     from mmdlrm.features import inputs
 
-    sources, unjoined = [], {}
+    sources: dict[str, dict[int, str]] = {}
+    unjoined = {}
     links = args.links / "links.csv" if args.links is not None and args.links.is_dir() else args.links
     if args.tmdb is not None:
         if links is None:
@@ -244,24 +249,31 @@ def _summaries(args: argparse.Namespace) -> int:
             unjoined["tmdb"] = (f"{links}: no such file, so no tmdbId -> movieId mapping for {args.tmdb} (ml-100k, "
                                 "ml-1m and ml-10m have no links.csv); pass the links.csv of a CSV release")  # fmt: skip
         else:
-            sources.append(("tmdb", inputs.tmdb_overviews(args.tmdb, links)))
-    elif links is not None:
-        log.warning("--links %s only joins --tmdb, and no --tmdb is given; ignoring it", links)
+            sources["tmdb_overview"] = inputs.tmdb_overviews(args.tmdb, links)
+            sources["tmdb_keywords"] = inputs.tmdb_keywords(args.tmdb, links)
+    elif links is not None and not links.is_file():
+        raise ConfigError(f"--links {links}: no such file")
     if args.melu is not None:
-        sources.append(("melu", inputs.melu_plots(args.melu)))
+        sources["melu_plot"] = inputs.melu_plots(args.melu)
+        sources["melu_credits"] = inputs.melu_credits(args.melu)
     if args.dbpedia is not None:
-        sources.append(("dbpedia", inputs.dbpedia_abstracts(args.dbpedia)))
+        sources["dbpedia_abstract"] = inputs.dbpedia_abstracts(args.dbpedia)
     for name, reason in unjoined.items():
         log.warning("%s not joined: %s", name, reason)
     if not sources:
         found = "".join(f" ({name} not joined: {reason})" for name, reason in unjoined.items())
         raise ConfigError(f"no summary source can be used{found}; give --melu or --dbpedia (keyed by movieId), or "
                           "--tmdb with --links <release>/links.csv")  # fmt: skip
-    merged: dict[int, str] = {}
-    for _, texts in reversed(sources):
-        merged.update(texts)
-    inputs.write_summaries(merged, args.out)
-    counts = ", ".join(f"{name} {len(texts):,}" for name, texts in sources)
-    skipped = f"; not joined: {', '.join(unjoined)}" if unjoined else ""
-    log.info("wrote %d summaries to %s (%s%s)", len(merged), args.out, counts, skipped)
+    dropped = 0
+    if links is not None and links.is_file():
+        catalogue = set(read_links(links)["movie_id"].to_pylist())
+        dropped = len({m for texts in sources.values() for m in texts} - catalogue)
+        sources = {name: {m: t for m, t in texts.items() if m in catalogue} for name, texts in sources.items()}
+    sources = {name: texts for name, texts in sources.items() if texts}
+    inputs.write_passages(sources, args.out)
+    movies = len({m for texts in sources.values() for m in texts})
+    counts = ", ".join(f"{name} {len(texts):,}" for name, texts in sources.items())
+    notes = "".join([f"; not joined: {', '.join(unjoined)}" if unjoined else "",
+                     f"; {dropped:,} movies not in {links} left out" if dropped else ""])  # fmt: skip
+    log.info("wrote the texts of %d movies to %s (%s%s)", movies, args.out, counts, notes)
     return 0

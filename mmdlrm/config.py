@@ -369,6 +369,9 @@ class FeatureConfig:
     """`dense`: the projected vectors join the dense features; `interaction`: each modality is projected to
     model.embedding_dim and joins the embeddings in DLRM's dot-product interaction (meeting the user and history
     vectors directly)."""
+    dropout: float = 0.0
+    """Dropout on each content vector before its projection, in training: without it the model can learn a movie
+    from its vector alone, as from an id, which new movies do not share (the new-movie split)."""
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "part_size", "projection_dim"):
@@ -376,6 +379,8 @@ class FeatureConfig:
                 raise ConfigError(f"features.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_workers < 0:
             raise ConfigError(f"features.num_workers must be >= 0, got {self.num_workers}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"features.dropout must be in [0, 1), got {self.dropout}")
 
     @property
     def modality_names(self) -> list[str]:

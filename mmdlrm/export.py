@@ -104,7 +104,8 @@ def _task(cfg: RunConfig, vocab: Vocab, content: dict[str, MovieVectors]) -> Tas
     module = build_task_module(cfg.model, build_task(cfg.model, cfg.eval), vocab, len(DENSE_FEATURES),
                                device=torch.device("cpu"), sparse_device="cpu",
                                content_dims={m: v.vectors.shape[1] for m, v in content.items()},
-                               projection_dim=cfg.features.projection_dim, fusion=cfg.features.fusion)  # fmt: skip
+                               projection_dim=cfg.features.projection_dim, fusion=cfg.features.fusion,
+                               content_dropout=cfg.features.dropout)  # fmt: skip
     for modality, vectors in content.items():
         module.model.content.set_vectors(modality, vectors.vectors, vectors.missing)
     return module

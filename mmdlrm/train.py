@@ -74,7 +74,7 @@ def build_model(cfg: RunConfig, data: Prepared, env: DistEnv, task: Task, conten
     torch.manual_seed(cfg.train.seed)
     module = build_task_module(cfg.model, task, vocab_of(cfg.model, data.manifest["counts"]), len(DENSE_FEATURES), device=env.device,
                                projection_dim=cfg.features.projection_dim, fusion=cfg.features.fusion,
-                               content_dims={m: v.vectors.shape[1] for m, v in content.items()})  # fmt: skip
+                               content_dropout=cfg.features.dropout, content_dims={m: v.vectors.shape[1] for m, v in content.items()})  # fmt: skip
     for modality, vectors in content.items():
         module.model.content.set_vectors(modality, vectors.vectors, vectors.missing)
     module.init_output(task.initial_logit(data))

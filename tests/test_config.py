@@ -71,6 +71,13 @@ def test_non_finite_numbers_are_refused_by_key(override):
         load_config(None, [override])
 
 
+@pytest.mark.parametrize("key", ["features.dropout", "model.movie_id_dropout", "model.dropout"])
+@pytest.mark.parametrize("value", ["1.0", "-0.1"])
+def test_dropout_rates_outside_zero_to_one_are_refused_by_key(key, value):
+    with pytest.raises(ConfigError, match=rf"{key} must be in \[0, 1\), got {value}"):
+        load_config(None, [f"{key}={value}"])
+
+
 def test_an_unknown_override_is_reported_as_the_override_not_the_yaml(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  batch_size: 256\n")

@@ -10,6 +10,13 @@ tags, in whichever layout the release has them; size, mtime_ns). A fixed poster 
 new store folder under the cache; an explicit `features.store` records the fingerprint in its manifest and is
 refused once its inputs have changed.
 
+Texts: with one summary source (a `movieId,summary` CSV), a movie's text vector encodes its summary, else its
+catalogue text (title, genres, top tags). With several sources (a CSV with a `source` column, as `mmdlrm features
+summaries` writes), each is encoded on its own and the text vector is their concatenation, source by source (zeros
+where a movie has no text from that source), after a first slot for what any new movie has: title, year and genres
+(no tags: they come from users who watched it). Averaging passages into one vector measured worse on the new-movie
+split than keeping them apart.
+
 Summaries and posters of movies the release's catalogue lacks are counted in the `ExtractReport` and logged with a
 few of their ids; they are not an error (a summaries file gathered for ml-latest also names movies ml-1m lacks).
 """
@@ -32,7 +39,7 @@ from tqdm import tqdm
 from mmdlrm.config import SYNTHETIC, DataConfig, FeatureConfig
 from mmdlrm.data.movielens import catalogue_files
 from mmdlrm.features.encoders import FeatureError, ImageEncoder, TextEncoder, build_encoders
-from mmdlrm.features.inputs import catalogue_texts, read_posters, read_summaries
+from mmdlrm.features.inputs import catalogue_texts, read_passages, read_posters
 from mmdlrm.features.store import StoreHeader, check_inputs, is_complete, mark_complete, open_store, write_part
 
 log = logging.getLogger("mmdlrm")
@@ -50,7 +57,7 @@ class ExtractReport:
     unreadable: list[str] = field(default_factory=list)
     """Poster files that could not be decoded (counted as missing)."""
     catalogue_texts: int = 0
-    """Movies whose text came from MovieLens (title, genres, tags) for want of a summary."""
+    """Movies whose text came from MovieLens (title, genres, tags) alone, for want of a summary."""
     unknown_summaries: list[int] = field(default_factory=list)
     """movieIds the summaries name that the release's catalogue lacks (sorted; their texts are not used)."""
     unknown_posters: list[int] = field(default_factory=list)
@@ -84,7 +91,7 @@ def extract(
     store: str | Path,
     movie_ids: list[int],
     posters: dict[int, Path],
-    summaries: dict[int, str],
+    summaries: dict[str, dict[int, str]],
     fallback: dict[int, str],
     device: torch.device,
     progress: bool = True,
@@ -93,8 +100,10 @@ def extract(
     """Encode the posters and texts of `movie_ids` into `store`, skipping movies it already holds.
 
     Args:
-        fallback: the catalogue's text of every movie of the release (`catalogue_texts`), for movies without a
-            summary; summaries and posters of movies it lacks are counted in the report, not encoded.
+        summaries: source -> movieId -> text (`read_passages`): one source gives one vector per movie, several a
+            catalogue slot and one slot per source (module docstring).
+        fallback: the catalogue's text of every movie of the release (`catalogue_texts`): for movies without a
+            summary, or the first slot; summaries and posters of movies it lacks are counted, not encoded.
         inputs: the `input_fingerprint` of what posters, summaries and fallback came from, recorded in (or checked
             against) the store's manifest; None records nothing.
 
@@ -103,17 +112,19 @@ def extract(
     """
     store = Path(store)
     image_encoder, text_encoder = build_encoders(cfg, device, images=bool(posters), texts=True)
+    slots = text_slots(summaries)
     header = StoreHeader(
         image_model=image_encoder.name if image_encoder else None,
         image_dim=image_encoder.dim if image_encoder else 1,
         text_model=text_encoder.name,
-        text_dim=text_encoder.dim,
+        text_dim=text_encoder.dim * (len(slots) if slots else 1),
+        text_slots=slots,
     )
     done = open_store(store, header, inputs)
     todo = [m for m in movie_ids if m not in done]
     report = ExtractReport(store, skipped=len(movie_ids) - len(todo))
     known = set(fallback).union(movie_ids)
-    report.unknown_summaries = sorted(m for m in summaries if m not in known)
+    report.unknown_summaries = sorted({m for texts in summaries.values() for m in texts if m not in known})
     report.unknown_posters = sorted(m for m in posters if m not in known)
     if report.skipped:
         log.info("%s: %d movies already encoded, %d to go", store, report.skipped, len(todo))
@@ -131,7 +142,7 @@ def extract(
         image = torch.zeros(len(movies), header.image_dim)
         if image_encoder is not None and ok.any():
             image[ok] = image_encoder.encode_images(pixels[ok]).cpu()
-        texts, sources = _texts(movies, summaries, fallback)
+        texts, sources = _texts(movies, summaries, fallback, slots)
         pending["movie_ids"] += movies
         pending["image"].append(image.numpy())
         pending["image_missing"] += (~ok).tolist()
@@ -156,15 +167,28 @@ def extract(
     return report
 
 
-def _texts(movies: list[int], summaries: dict[int, str], fallback: dict[int, str]) -> tuple[list[str], list[str]]:
+def text_slots(summaries: dict[str, dict[int, str]]) -> list[str] | None:
+    """The text vector's slots: None (one vector) for at most one summary source, else the catalogue and each source."""
+    return [CATALOGUE_SLOT, *sorted(summaries)] if len(summaries) > 1 else None
+
+
+CATALOGUE_SLOT = "catalogue"
+
+
+def _texts(movies: list[int], summaries: dict[str, dict[int, str]], fallback: dict[int, str],
+           slots: list[str] | None) -> tuple[list[list[str | None]], list[str]]:  # fmt: skip
+    """Each movie's texts, one per slot (None: nothing from that source), and where they came from."""
     texts, sources = [], []
     for m in movies:
-        if m in summaries:
-            texts.append(summaries[m])
-            sources.append("summary")
-        else:
-            texts.append(fallback.get(m, f"Movie {m}."))
-            sources.append("catalogue")
+        catalogue = fallback.get(m, f"Movie {m}.")
+        if slots:
+            found = [summaries[name].get(m) for name in slots[1:]]
+            texts.append([catalogue, *found])
+            sources.append("+".join(name for name, text in zip(slots[1:], found) if text) or CATALOGUE_SLOT)
+            continue
+        summary = next((texts_[m] for texts_ in summaries.values() if m in texts_), None)
+        texts.append([summary or catalogue])
+        sources.append("summary" if summary else CATALOGUE_SLOT)
     return texts, sources
 
 
@@ -175,9 +199,15 @@ def _empty() -> dict[str, list]:
 def _flush(store: Path, header: StoreHeader, pending: dict[str, list], text_encoder: TextEncoder, batch_size: int) -> None:
     rows = dict(pending)
     rows["image"] = np.concatenate(pending["image"])
-    texts = pending["text"]
-    rows["text"] = np.concatenate([text_encoder.encode_texts(texts[i : i + 4 * batch_size]).cpu().numpy()
-                                   for i in range(0, len(texts), 4 * batch_size)])  # fmt: skip
+    slots = pending["text"]  # per movie, one text or None per slot
+    where = [(i, j) for i, row in enumerate(slots) for j, text in enumerate(row) if text]
+    texts = [slots[i][j] for i, j in where]
+    encoded = [text_encoder.encode_texts(texts[i : i + 4 * batch_size]).cpu().numpy() for i in range(0, len(texts), 4 * batch_size)]
+    vectors = np.zeros((len(slots), len(slots[0]) if slots else 1, text_encoder.dim), np.float32)
+    if where:
+        rows_, columns = zip(*where)
+        vectors[list(rows_), list(columns)] = np.concatenate(encoded)
+    rows["text"] = vectors.reshape(len(slots), -1)
     write_part(store, header, rows)
 
 
@@ -264,8 +294,9 @@ def ensure_features(cfg: FeatureConfig, data: DataConfig, release: Path, movie_i
     if cfg.uses_image and posters_source is None:
         raise FeatureError("features.modalities uses images but no posters are given; set features.posters=<folder or CSV>")
     posters = read_posters(posters_source) if posters_source else {}
-    summaries = read_summaries(summaries_source) if summaries_source else {}
-    fallback = catalogue_texts(release, on_bad_rows=data.on_bad_rows)
+    summaries = read_passages(summaries_source) if summaries_source else {}
+    tags = 0 if text_slots(summaries) else 5  # a slot for what every new movie has: no users' tags
+    fallback = catalogue_texts(release, top_tags=tags, on_bad_rows=data.on_bad_rows)
     report = extract(cfg, store, movie_ids, posters, summaries, fallback, device, progress, inputs)
     for source, unknown, what in ((summaries_source, report.unknown_summaries, "summaries"),
                                   (posters_source, report.unknown_posters, "posters")):  # fmt: skip

@@ -2,9 +2,11 @@
 
 Inputs take the shapes of the reference notebook: a folder of `<movieId>.jpg` images or a `posters.csv`
 (movieId, path), and a `summaries.csv` (movieId, summary). Small adapters turn public sources into that CSV:
-TMDB's `overview` (joined through MovieLens `links.csv` tmdbId), MeLU's ml-1m plots, DBpedia abstracts.
-Movies without a summary get one built from MovieLens itself: title, genres and the most frequent tags, from the
-release readers of `mmdlrm.data.movielens` (one reader per MovieLens file, every layout).
+TMDB's `overview`, tagline and keywords (joined through MovieLens `links.csv` tmdbId), MeLU's ml-1m plots and
+credits, DBpedia abstracts. A summaries CSV may also have a `source` column and several rows per movie, one per
+source: `read_passages` keeps each source's text apart, so that each is encoded on its own (see
+`mmdlrm.features.extract`). Movies without a summary get one built from MovieLens itself: title, genres and the most
+frequent tags, from the release readers of `mmdlrm.data.movielens` (one reader per MovieLens file, every layout).
 
 CSV inputs are UTF-8 with a header line (a byte-order mark is fine); as for the releases (`mmdlrm.data.tables`), a
 file that is not valid UTF-8 is read as Latin-1 with a warning naming the file and line. Their header is checked
@@ -55,15 +57,50 @@ def read_summaries(source: str | Path) -> dict[int, str]:
     return {int(m): t.strip() for m, t in zip(table["movieId"].to_pylist(), table[column].to_pylist()) if t and t.strip()}
 
 
+def read_passages(source: str | Path) -> dict[str, dict[int, str]]:
+    """source name -> movieId -> text, from a CSV with movieId, source and summary columns (several rows per movie,
+    one per source); a CSV without a `source` column is one source, `summary` (`read_summaries`).
+
+    Raises:
+        FeatureError: a missing column or a bad row (named by its file line), as `read_summaries`; a movie listed twice
+            for one source.
+    """
+    source = Path(source)
+    if "source" not in _header(source)[1]:
+        return {"summary": read_summaries(source)}
+    column = _pick(source, TEXT_COLUMNS, "movieId,source,summary")
+    table = _read_csv(source, {"movieId": pa.int64(), "source": pa.string(), column: pa.string()}, ["movieId", "source", column])
+    out: dict[str, dict[int, str]] = {}
+    for movie, name, text in zip(*(table[c].to_pylist() for c in ("movieId", "source", column))):
+        name = (name or "").strip()
+        if not name or not text or not text.strip():
+            continue
+        texts = out.setdefault(name, {})
+        if movie in texts:
+            raise FeatureError(f"{source}: movie {movie} has two {name!r} rows; keep one row per movie and source")
+        texts[int(movie)] = text.strip()
+    return dict(sorted(out.items()))
+
+
+def write_passages(passages: dict[str, dict[int, str]], path: str | Path) -> Path:
+    """Write movieId, source, summary rows (by movieId, then source) as the CSV `read_passages` reads."""
+    rows = sorted((movie, name, text) for name, texts in passages.items() for movie, text in texts.items())
+    return _write_rows(["movieId", "source", "summary"], rows, path)
+
+
 def write_summaries(summaries: dict[int, str], path: str | Path) -> Path:
     """Write movieId, summary rows (sorted by movieId) as the CSV `read_summaries` reads."""
+    return _write_rows(["movieId", "summary"], sorted(summaries.items()), path)
+
+
+def _write_rows(header: list[str], rows: list[tuple], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["movieId", "summary"])
-        writer.writerows(sorted(summaries.items()))
+        writer.writerow(header)
+        writer.writerows(rows)
     tmp.replace(path)
     return path
 
@@ -77,18 +114,60 @@ def tmdb_overviews(tmdb_csv: str | Path, links_csv: str | Path) -> dict[int, str
     return {int(m): t.strip() for m, t in zip(movies, texts) if t and t.strip()}
 
 
-def melu_plots(dat: str | Path) -> dict[int, str]:
-    """movieId -> plot from MeLU's ml-1m `movies_extrainfos.dat` ('::'-separated; plot is the 10th field)."""
+def tmdb_keywords(tmdb_csv: str | Path, links_csv: str | Path) -> dict[int, str]:
+    """movieId -> "<tagline> Keywords: a, b, c." from TMDB's `tagline` and `keywords` (a JSON list of {"name": ...});
+    empty where the file has neither column (the Kaggle TMDB 5000 file has both)."""
+    path = Path(tmdb_csv)
+    columns = [c for c in ("tagline", "keywords") if c in _header(path)[1]]
+    if not columns:
+        return {}
+    tmdb = _read_csv(path, {"id": pa.int64(), **dict.fromkeys(columns, pa.string())}, ["id", *columns])
+    links = read_links(links_csv).select(["movie_id", "tmdb_id"])
+    joined = links.filter(pc.is_valid(links["tmdb_id"])).join(tmdb, keys="tmdb_id", right_keys="id", join_type="inner")
+    taglines = joined["tagline"].to_pylist() if "tagline" in columns else [None] * joined.num_rows
+    keywords = joined["keywords"].to_pylist() if "keywords" in columns else [None] * joined.num_rows
     out = {}
+    for movie, tagline, listed in zip(joined["movie_id"].to_pylist(), taglines, keywords):
+        try:
+            names = [k["name"] for k in json.loads(listed or "[]") if isinstance(k, dict) and k.get("name")]
+        except json.JSONDecodeError:
+            names = []
+        text = " ".join(part for part in ((tagline or "").strip(), f"Keywords: {', '.join(names)}." if names else "") if part)
+        if text:
+            out[int(movie)] = text
+    return out
+
+
+def melu_credits(dat: str | Path) -> dict[int, str]:
+    """movieId -> "Directed by D. Starring A, B. Rated R." from MeLU's ml-1m `movies_extrainfos.dat` (writers are left
+    out: their long credit lines would crowd the cast out of a text encoder's 128 word pieces)."""
+    out = {}
+    for movie, fields in _melu_rows(dat):
+        parts = [(f"Directed by {fields[6]}." if _given(fields[6]) else ""), (f"Starring {fields[8]}." if _given(fields[8]) else ""),
+                 (f"Rated {fields[3]}." if _given(fields[3]) else "")]  # fmt: skip
+        text = " ".join(p for p in parts if p)
+        if text:
+            out[movie] = text
+    return out
+
+
+def _given(value: str) -> bool:
+    return bool(value.strip()) and value.strip() != "N/A"
+
+
+def _melu_rows(dat: str | Path):
+    """(movieId, fields) of each line of MeLU's '::'-separated file (11 fields, movie id first)."""
     with open(dat, encoding="utf-8") as f:
         for line_number, line in enumerate(f, 1):
             fields = line.rstrip("\r\n").split("::")
             if len(fields) < 10 or not fields[0].isdigit():
                 raise FeatureError(f"{dat} line {line_number}: expected 11 '::'-separated fields with a movie id first")
-            plot = fields[9].strip()
-            if plot and plot != "N/A":
-                out[int(fields[0])] = plot
-    return out
+            yield int(fields[0]), [field.strip() for field in fields]
+
+
+def melu_plots(dat: str | Path) -> dict[int, str]:
+    """movieId -> plot from MeLU's ml-1m `movies_extrainfos.dat` ('::'-separated; plot is the 10th field)."""
+    return {movie: fields[9] for movie, fields in _melu_rows(dat) if _given(fields[9])}
 
 
 def dbpedia_abstracts(path: str | Path) -> dict[int, str]:
@@ -125,7 +204,7 @@ def catalogue_texts(release: str | Path, top_tags: int = 5, on_bad_rows: OnBadRo
         text = f"{title}."
         if genres:  # the readers drop "(no genres listed)" and ml-100k's "unknown"
             text += f" Genres: {', '.join(genres)}."
-        if movie in top:
+        if top.get(movie):
             text += f" Tags: {', '.join(top[movie])}."
         out[movie] = text
     return out

@@ -19,7 +19,9 @@ class MovieContent(nn.Module):
         num_movies: rows of each vector table.
     """
 
-    def __init__(self, dims: dict[str, int], num_movies: int, projection_dim: int, device: torch.device | None = None) -> None:
+    def __init__(
+        self, dims: dict[str, int], num_movies: int, projection_dim: int, device: torch.device | None = None, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.modalities = sorted(dims)
         for m in self.modalities:
@@ -27,6 +29,7 @@ class MovieContent(nn.Module):
             self.register_buffer(f"{m}_missing", torch.ones(num_movies, dtype=torch.bool, device=device), persistent=False)
         self.projections = nn.ModuleDict({m: nn.Linear(dims[m], projection_dim, device=device) for m in self.modalities})
         self.stand_ins = nn.ParameterDict({m: nn.Parameter(torch.zeros(projection_dim, device=device)) for m in self.modalities})
+        self.dropout = nn.Dropout(dropout)
         self.out_features = projection_dim * len(self.modalities)
 
     def set_vectors(self, modality: str, vectors: torch.Tensor, missing: torch.Tensor) -> None:
@@ -39,7 +42,7 @@ class MovieContent(nn.Module):
         distinct, rows = torch.unique(movies, return_inverse=True)
         parts = []
         for m in self.modalities:
-            projected = self.projections[m](getattr(self, f"{m}_vectors")[distinct].float())
+            projected = self.projections[m](self.dropout(getattr(self, f"{m}_vectors")[distinct].float()))
             missing = getattr(self, f"{m}_missing")[distinct].unsqueeze(1)
             parts.append(torch.where(missing, self.stand_ins[m].expand_as(projected), projected))
         return torch.cat(parts, dim=1)[rows]

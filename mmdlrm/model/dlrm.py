@@ -33,17 +33,18 @@ class MovieDLRM(nn.Module):
         content_dims: dict[str, int] | None = None,
         projection_dim: int = 16,
         fusion: str = "dense",
+        content_dropout: float = 0.0,
     ) -> None:
         """Tables are allocated on `sparse_device` (meta: left to DistributedModelParallel), the rest on `device`.
 
         With `content_dims` (modality -> vector size), each movie's content vectors, projected, join the dense
-        features before the dense arch.
+        features before the dense arch; `content_dropout` drops their components in training (`MovieContent`).
         """
         super().__init__()
         ebc = EmbeddingBagCollection(tables=build_tables(cfg, vocab), device=sparse_device)
         self.fused = bool(content_dims) and fusion == "interaction"
         width = cfg.embedding_dim if self.fused else projection_dim
-        self.content = MovieContent(content_dims, vocab.movies, width, device) if content_dims else None
+        self.content = MovieContent(content_dims, vocab.movies, width, device, content_dropout) if content_dims else None
         self.dlrm = DLRM(
             embedding_bag_collection=ebc,
             dense_in_features=dense_in + (self.content.out_features if self.content and not self.fused else 0),

@@ -74,11 +74,13 @@ def build_task_module(
     content_dims: dict[str, int] | None = None,
     projection_dim: int = 16,
     fusion: str = "dense",
+    content_dropout: float = 0.0,
 ) -> TaskModule:
     """The model and its objective as the config asks.
 
     Tables default to the meta device: DistributedModelParallel allocates each shard where the plan puts it.
     """
     model = MovieDLRM(cfg, vocab, dense_in, device=device, sparse_device=torch.device(sparse_device),
-                      content_dims=content_dims, projection_dim=projection_dim, fusion=fusion)  # fmt: skip
+                      content_dims=content_dims, projection_dim=projection_dim, fusion=fusion,
+                      content_dropout=content_dropout)  # fmt: skip
     return TaskModule(model, objective, cfg.embedding_l2)

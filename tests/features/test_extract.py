@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 
 from mmdlrm.features import encoders
 from mmdlrm.features.extract import extract
-from mmdlrm.features.inputs import catalogue_texts, read_posters, read_summaries
+from mmdlrm.features.inputs import catalogue_texts, read_passages, read_posters
 from mmdlrm.features.store import is_complete, load_vectors, stored_movie_ids
 
 
@@ -20,7 +21,7 @@ def media(tiny_release, tmp_path):
     """The tiny synthetic release's posters (copied, so tests can damage them), summaries and catalogue texts."""
     shutil.copytree(tiny_release / "posters", tmp_path / "posters")
     posters = read_posters(tmp_path / "posters")
-    summaries = read_summaries(tiny_release / "summaries.csv")
+    summaries = read_passages(tiny_release / "summaries.csv")
     return sorted(posters), posters, summaries, catalogue_texts(tiny_release)
 
 
@@ -31,7 +32,7 @@ def _run(cfg, store, media, movie_ids=None, **kw):
 
 def test_every_movie_is_stored_once_with_unit_float16_vectors(tiny_clip_config, media, tmp_path):
     ids = media[0]
-    del media[2][ids[0]]  # one movie without a summary: its text comes from the catalogue
+    del media[2]["summary"][ids[0]]  # one movie without a summary: its text comes from the catalogue
     report = _run(tiny_clip_config, tmp_path / "store", media)
     assert report.encoded == len(ids) == 150 and report.catalogue_texts == 1 and not report.unreadable
     assert sorted(stored_movie_ids(tmp_path / "store")) == ids and is_complete(tmp_path / "store")
@@ -46,9 +47,28 @@ def test_every_movie_is_stored_once_with_unit_float16_vectors(tiny_clip_config, 
     assert unknown.missing.tolist() == [False, True] and unknown.vectors[1].abs().sum() == 0
 
 
+def test_several_sources_give_a_slot_each_after_the_catalogue_zeros_where_a_movie_has_none(tiny_clip_config, media, tmp_path):
+    ids, posters, _, fallback = media
+    passages = {"plot": {ids[0]: "A heist goes wrong.", ids[1]: "Two friends travel."}, "credits": {ids[0]: "Directed by X."}}
+    report = _run(tiny_clip_config, tmp_path / "store", (ids[:3], {}, passages, fallback))
+    assert report.catalogue_texts == 1  # ids[2]: no source has it
+    text = load_vectors(tmp_path / "store", np.array(ids[:3]), "text")
+    _, encoder = encoders.build_encoders(tiny_clip_config, torch.device("cpu"), images=False)
+    dim = encoder.dim
+    slots = text.vectors.float().reshape(3, 3, dim)  # catalogue, credits, plot: sources in name order
+    expected = {(0, 0): fallback[ids[0]], (0, 1): "Directed by X.", (0, 2): "A heist goes wrong.",
+                (1, 0): fallback[ids[1]], (1, 2): "Two friends travel.", (2, 0): fallback[ids[2]]}  # fmt: skip
+    for (row, slot), words in expected.items():
+        torch.testing.assert_close(slots[row, slot], encoder.encode_texts([words])[0], atol=2e-3, rtol=0)
+    assert slots[1, 1].abs().sum() == 0 and slots[2, 1:].abs().sum() == 0 and not text.missing.any()
+    table = pq.read_table(sorted((tmp_path / "store").glob("part-*.parquet"))[0])
+    assert table["text_source"].to_pylist() == ["credits+plot", "plot", "catalogue"]
+    assert json.loads((tmp_path / "store" / "manifest.json").read_text())["text_slots"] == ["catalogue", "credits", "plot"]
+
+
 def test_summaries_and_posters_of_movies_the_catalogue_lacks_are_counted_not_encoded(tiny_clip_config, media, tmp_path):
     ids, posters, summaries, fallback = media
-    summaries = {**summaries, 99_999_001: "Not in this release.", 99_999_002: "Nor this."}
+    summaries = {"summary": {**summaries["summary"], 99_999_001: "Not in this release.", 99_999_002: "Nor this."}}
     posters = {**posters, 99_999_003: posters[ids[0]]}
     report = _run(tiny_clip_config, tmp_path / "store", (ids[:4], posters, summaries, fallback))
     assert report.unknown_summaries == [99_999_001, 99_999_002] and report.unknown_posters == [99_999_003]

@@ -11,10 +11,13 @@ from mmdlrm.features.encoders import FeatureError
 from mmdlrm.features.inputs import (
     catalogue_texts,
     dbpedia_abstracts,
+    melu_credits,
     melu_plots,
+    read_passages,
     read_posters,
     read_summaries,
     tmdb_overviews,  # fmt: skip
+    write_passages,
     write_summaries,
 )
 from tests.conftest import shared
@@ -35,6 +38,21 @@ def test_summaries_round_trip_with_commas_quotes_and_newlines(tmp_path):
     assert read_summaries(path) == {1: "Plain.", 3: 'A "heist", gone wrong,\nin two lines.'}
 
 
+def test_passages_round_trip_one_row_per_movie_and_source(tmp_path):
+    passages = {"tmdb_overview": {3: 'A "heist", gone wrong,\nin two lines.', 1: "Plain."}, "melu_plot": {3: "Heist."}}
+    path = write_passages(passages, tmp_path / "summaries.csv")
+    assert path.read_text().splitlines()[:3] == ["movieId,source,summary", "1,tmdb_overview,Plain.", "3,melu_plot,Heist."]
+    assert read_passages(path) == {"melu_plot": {3: "Heist."}, "tmdb_overview": {1: "Plain.", 3: 'A "heist", gone wrong,\nin two lines.'}}
+    legacy = write_summaries({1: "Plain."}, tmp_path / "legacy.csv")  # no source column: one source
+    assert read_passages(legacy) == {"summary": {1: "Plain."}}
+    (tmp_path / "twice.csv").write_text("movieId,source,summary\n1,melu_plot,a\n2,melu_plot,b\n1,melu_plot,c\n")
+    with pytest.raises(FeatureError, match="twice.csv: movie 1 has two 'melu_plot' rows; keep one row per movie and source"):
+        read_passages(tmp_path / "twice.csv")
+    (tmp_path / "bad.csv").write_text("movieId,source,summary\n1,melu_plot,a\nx,melu_plot,b\n")
+    with pytest.raises(FeatureError, match=r"bad.csv line 3, column 1 \(movieId\): 'x' is not an integer"):
+        read_passages(tmp_path / "bad.csv")
+
+
 def test_summary_csv_without_a_text_column_names_the_fix(tmp_path):
     (tmp_path / "s.csv").write_text("movieId,blurb\n1,hi\n")
     with pytest.raises(FeatureError, match=r"s.csv line 1: no summary / overview / plot / text column \(header is movieId,blurb\)"):
@@ -51,6 +69,8 @@ def test_melu_plots_and_dbpedia_abstracts(tmp_path):
     fields = ["1", "Toy Story", "1995", "G", "22 Nov 1995", "Animation", "Lasseter", "W", "Hanks", "A boy's toys.", "url"]
     (tmp_path / "m.dat").write_text("::".join(fields) + "\r\n" + "::".join(["2", *fields[1:9], "N/A", "u"]) + "\r\n")
     assert melu_plots(tmp_path / "m.dat") == {1: "A boy's toys."}
+    assert melu_credits(tmp_path / "m.dat") == {1: "Directed by Lasseter. Starring Hanks. Rated G.",
+                                                 2: "Directed by Lasseter. Starring Hanks. Rated G."}  # fmt: skip
     (tmp_path / "bad.dat").write_text("Toy Story::1995\n")
     with pytest.raises(FeatureError, match="bad.dat line 1: expected 11"):
         melu_plots(tmp_path / "bad.dat")

@@ -85,3 +85,20 @@ def test_an_explicit_store_made_from_other_inputs_is_refused(setup, tmp_path):
 def test_loading_a_store_that_is_not_there_says_how_to_make_it(tmp_path):
     with pytest.raises(FeatureError, match="no feature store here; run `mmdlrm features clip"):
         load_vectors(tmp_path / "nothing", [1], "image")
+
+
+def test_with_several_sources_the_first_slot_is_what_a_new_movie_has_no_tags(setup, tmp_path):
+    from mmdlrm.features.encoders import build_encoders
+    from mmdlrm.features.inputs import catalogue_texts, write_passages
+
+    cfg, data, release, movie_ids = setup
+    tagged = catalogue_texts(release)
+    movie = next(m for m in movie_ids if "Tags:" in tagged[m])
+    write_passages({"plot": {movie: "A heist."}, "credits": {movie: "Directed by X."}}, tmp_path / "passages.csv")
+    cfg = dataclasses.replace(cfg, summaries=str(tmp_path / "passages.csv"), posters=None, modalities="text")
+    store = _ensure(cfg, data, release, movie_ids)
+    _, encoder = build_encoders(cfg, torch.device("cpu"), images=False)
+    first = load_vectors(store, [movie], "text").vectors.float()[0, : encoder.dim]
+    untagged = catalogue_texts(release, top_tags=0)[movie]
+    assert "Tags:" not in untagged
+    torch.testing.assert_close(first, encoder.encode_texts([untagged])[0], atol=2e-3, rtol=0)

@@ -1,4 +1,5 @@
-"""`mmdlrm features summaries` joins what it can: movieId-keyed sources always, TMDB only through a links.csv."""
+"""`mmdlrm features summaries` joins what it can: movieId-keyed sources always, TMDB only through a links.csv; each
+source's text is its own row."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 import pytest
 
 from mmdlrm.cli import main
-from mmdlrm.features.inputs import read_summaries
+from mmdlrm.features.inputs import read_passages
 from tests.features.release_layouts import write_release
 
 MELU_FIELDS = ["Toy Story", "1995", "G", "22 Nov 1995", "Animation", "Lasseter", "W", "Hanks", "A boy's toys.", "url"]
@@ -29,24 +30,41 @@ def _summaries(tmp_path, *args: str) -> int:
 
 def test_without_links_the_movie_id_sources_are_written_and_tmdb_is_named_as_not_joined(tmp_path, sources, capsys):
     assert _summaries(tmp_path, "--tmdb", sources["tmdb"], "--melu", sources["melu"], "--dbpedia", sources["dbpedia"]) == 0
-    assert read_summaries(tmp_path / "out.csv") == {5: "A boy's toys.", 7: "A samurai plays two gangs against each other."}
+    assert read_passages(tmp_path / "out.csv") == {
+        "dbpedia_abstract": {7: "A samurai plays two gangs against each other."},
+        "melu_credits": {5: "Directed by Lasseter. Starring Hanks. Rated G."},
+        "melu_plot": {5: "A boy's toys."},
+    }
     err = capsys.readouterr().err
     assert f"tmdb not joined: {sources['tmdb']} keys movies by TMDB id, and no --links" in err
-    assert "wrote 2 summaries" in err and "(melu 1, dbpedia 1; not joined: tmdb)" in err
+    assert "wrote the texts of 2 movies" in err and "(melu_plot 1, melu_credits 1, dbpedia_abstract 1; not joined: tmdb)" in err
 
 
 def test_a_release_without_links_csv_is_named_with_the_reason(tmp_path, sources, capsys):
     ml_1m = write_release(tmp_path / "ml-1m", "ml-1m")
     assert _summaries(tmp_path, "--links", str(ml_1m), "--tmdb", sources["tmdb"], "--dbpedia", sources["dbpedia"]) == 0
-    assert set(read_summaries(tmp_path / "out.csv")) == {7}
+    assert read_passages(tmp_path / "out.csv") == {"dbpedia_abstract": {7: "A samurai plays two gangs against each other."}}
     err = capsys.readouterr().err
     assert f"{ml_1m / 'links.csv'}: no such file, so no tmdbId -> movieId mapping" in err
 
 
-def test_tmdb_joins_through_the_links_csv_of_a_release_folder(tmp_path, sources):
+def test_tmdb_joins_through_the_links_csv_of_a_release_folder(tmp_path, sources, capsys):
     csv_release = write_release(tmp_path / "csv", "csv")  # links.csv: movie m has tmdbId 800 + m
+    (tmp_path / "tmdb.csv").write_text('id,overview,tagline,keywords\n801,"Toys, alive.",To infinity.,"[{""id"": 1, ""name"": ""toy""}]"\n'
+                                       "813,Snow and money.,,\n")  # fmt: skip
     assert _summaries(tmp_path, "--links", str(csv_release), "--tmdb", sources["tmdb"], "--melu", sources["melu"]) == 0
-    assert read_summaries(tmp_path / "out.csv") == {1: "Toys, alive.", 5: "A boy's toys.", 13: "Snow and money."}
+    passages = read_passages(tmp_path / "out.csv")
+    assert passages["tmdb_overview"] == {1: "Toys, alive.", 13: "Snow and money."}
+    assert passages["tmdb_keywords"] == {1: "To infinity. Keywords: toy."}
+    assert passages["melu_plot"] == {5: "A boy's toys."}
+
+
+def test_with_links_movies_the_release_lacks_are_left_out_and_counted(tmp_path, sources, capsys):
+    csv_release = write_release(tmp_path / "csv", "csv")
+    (tmp_path / "dbpedia.json").write_text(json.dumps({"7": "Samurai.", "987654": "Not in this release."}))
+    assert _summaries(tmp_path, "--links", str(csv_release), "--dbpedia", sources["dbpedia"]) == 0
+    assert read_passages(tmp_path / "out.csv") == {"dbpedia_abstract": {7: "Samurai."}}
+    assert f"1 movies not in {csv_release / 'links.csv'} left out" in capsys.readouterr().err
 
 
 def test_no_usable_source_is_an_error_that_says_why(tmp_path, sources, capsys):

@@ -28,6 +28,25 @@ def test_projection_runs_once_per_distinct_movie_and_matches_per_row():
     torch.testing.assert_close(image_part, torch.where(rows, stand_in, expected_image))
 
 
+def test_dropout_drops_vector_components_in_training_only():
+    torch.manual_seed(0)
+    content = MovieContent({"text": 200}, num_movies=4, projection_dim=3, dropout=0.5)
+    vectors = torch.randn(4, 200).half()
+    content.set_vectors("text", vectors, torch.zeros(4, dtype=torch.bool))
+    projection = content.projections["text"]
+    seen = []
+    projection.register_forward_hook(lambda mod, inputs, out: seen.append(inputs[0]))
+    movies = torch.tensor([0, 2, 2])
+    content.eval()
+    torch.testing.assert_close(content(movies), projection(vectors[movies].float()))
+    content.train()
+    content(movies)
+    dropped = seen[-1]  # what the projection saw: the 2 distinct movies, some components zeroed, the rest x 2
+    kept = dropped != 0
+    assert 0.4 < kept.float().mean() < 0.6
+    torch.testing.assert_close(dropped[kept], 2 * vectors[[0, 2]].float()[kept])
+
+
 def test_stand_in_is_learnt_and_buffers_stay_out_of_the_state_dict():
     content = MovieContent({"text": 4}, num_movies=5, projection_dim=2)
     content.set_vectors("text", torch.ones(5, 4).half(), torch.tensor([True, False, False, False, False]))
