@@ -127,6 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     except RunFinished as finished:
         log.info("%s", finished)
         return 0
+    except KeyboardInterrupt:  # Ctrl-C: what was saved stays; say how to go on instead of a traceback
+        again = {"train": " the same command continues from the run's last checkpoint (train.resume=false starts over)",
+                 "sweep": " the same command continues: finished points are read back, the stopped one resumes",
+                 "features": " the same command encodes only the movies the store does not hold yet"}  # fmt: skip
+        print(f"mmdlrm {args.command}: interrupted;{again.get(args.command, ' nothing was left half-written')}",
+              file=sys.stderr)  # fmt: skip
+        return 130
     except (ConfigError, DataError, CheckpointError, FeatureError, FileNotFoundError, KeyError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"mmdlrm {args.command}: error: {message}", file=sys.stderr)

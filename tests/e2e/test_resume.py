@@ -68,6 +68,24 @@ def test_killed_mid_epoch_run_resumes_to_the_uninterrupted_result(tmp_path):
     assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2]
 
 
+def test_ctrl_c_says_how_to_go_on_and_the_same_command_resumes(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = tmp_path / "runs" / "stopped"
+    process = subprocess.Popen(_command(tmp_path, "stopped"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None and _last_meta(run) is None:
+        time.sleep(0.01)
+    assert process.poll() is None, "the run ended before it could be interrupted"
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "mmdlrm train: interrupted; the same command continues from the run's last checkpoint" in err
+    assert "Traceback" not in err and not (run / "results.json").exists()
+    again = subprocess.run(_command(tmp_path, "stopped"), env=env, capture_output=True, text=True)
+    assert again.returncode == 0 and "resuming" in again.stderr, again.stderr
+    assert (run / "results.json").is_file()
+
+
 def _train(tmp_path: Path, *overrides: str) -> int:
     return main(["train", "--config", DEBUG, f"output_dir={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'data'}",
                  "train.max_epochs=1", "train.min_epochs=1", *overrides])  # fmt: skip
