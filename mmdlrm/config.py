@@ -443,7 +443,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         try:
             loaded = yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+            mark = getattr(err, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or str(err)
+            start = getattr(err, "context_mark", None)
+            if start is not None and mark is not None and start.line != mark.line:
+                problem += f", {err.context} that began on line {start.line + 1}"
+            raise ConfigError(f"{path}{where}: not valid YAML ({problem}); fix the file there") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
         tree = loaded or {}
@@ -451,7 +457,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"override {item!r} is not key=value (e.g. train.batch_size=1024)")
+            hint = f"; to read a config file, give --config {item}" if item.endswith((".yaml", ".yml")) else ""
+            raise ConfigError(f"override {item!r} is not key=value (e.g. train.batch_size=1024){hint}")
         _check_key(key.strip(), f"override {item!r}")
         try:
             value = yaml.safe_load(raw) if raw.strip() else None

@@ -60,6 +60,16 @@ def test_every_shipped_config_loads_and_says_how_to_run_it(path):
     assert path.read_text().startswith("#"), "each config opens with a comment saying what it is for"
 
 
+def test_broken_yaml_and_a_config_given_without_config_name_the_file_line_and_fix(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  batch_size: [1\nmodel:\n  embedding_dim: 8\n")
+    with pytest.raises(ConfigError, match=rf"^{path} line 3, column 6: not valid YAML \(expected ',' or '\]', but got ':', "
+                                          r"while parsing a flow sequence that began on line 2\); fix the file there$"):  # fmt: skip
+        load_config(path)
+    with pytest.raises(ConfigError, match="is not key=value .*; to read a config file, give --config configs/debug.yaml"):
+        load_config(None, ["configs/debug.yaml"])
+
+
 def test_missing_config_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="configs/ folder lists"):
         load_config(tmp_path / "nope.yaml")
