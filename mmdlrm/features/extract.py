@@ -167,12 +167,12 @@ def extract(
     return report
 
 
+CATALOGUE_SLOT = "catalogue"
+
+
 def text_slots(summaries: dict[str, dict[int, str]]) -> list[str] | None:
     """The text vector's slots: None (one vector) for at most one summary source, else the catalogue and each source."""
     return [CATALOGUE_SLOT, *sorted(summaries)] if len(summaries) > 1 else None
-
-
-CATALOGUE_SLOT = "catalogue"
 
 
 def _texts(movies: list[int], summaries: dict[str, dict[int, str]], fallback: dict[int, str],
