@@ -247,6 +247,9 @@ def _summaries(args: argparse.Namespace) -> int:
 
     sources: dict[str, dict[int, str]] = {}
     unjoined = {}
+    if args.links is not None and not args.links.exists():
+        raise ConfigError(f"--links {args.links}: no such file or folder; give a MovieLens links.csv or the release "
+                          "folder holding it, or leave --links out")  # fmt: skip
     links = args.links / "links.csv" if args.links is not None and args.links.is_dir() else args.links
     if args.tmdb is not None:
         if links is None:
@@ -258,8 +261,6 @@ def _summaries(args: argparse.Namespace) -> int:
         else:
             sources["tmdb_overview"] = inputs.tmdb_overviews(args.tmdb, links)
             sources["tmdb_keywords"] = inputs.tmdb_keywords(args.tmdb, links)
-    elif links is not None and not links.is_file():
-        raise ConfigError(f"--links {links}: no such file")
     if args.melu is not None:
         sources["melu_plot"] = inputs.melu_plots(args.melu)
         sources["melu_credits"] = inputs.melu_credits(args.melu)

@@ -77,9 +77,24 @@ def read_passages(source: str | Path) -> dict[str, dict[int, str]]:
             continue
         texts = out.setdefault(name, {})
         if movie in texts:
-            raise FeatureError(f"{source}: movie {movie} has two {name!r} rows; keep one row per movie and source")
+            lines = " and ".join(map(str, _rows_of(source, movie, name)[:2]))
+            raise FeatureError(f"{source} lines {lines}: movie {movie} has two {name!r} rows; keep one row per movie and source")
         texts[int(movie)] = text.strip()
     return dict(sorted(out.items()))
+
+
+def _rows_of(path: Path, movie: int, name: str) -> list[int]:
+    """The first file lines of the rows of `movie` and source `name` (slow; errors only)."""
+    data = _utf8(path, path.read_bytes()).decode("utf-8-sig")
+    reader = csv.reader(io.StringIO(data, newline=""))
+    header = next(reader)
+    columns = header.index("movieId"), header.index("source")
+    found, end = [], reader.line_num
+    for row in reader:
+        line, end = end + 1, reader.line_num
+        if len(row) == len(header) and row[columns[0]].strip() == str(movie) and row[columns[1]].strip() == name:
+            found.append(line)
+    return found
 
 
 def write_passages(passages: dict[str, dict[int, str]], path: str | Path) -> Path:

@@ -46,7 +46,7 @@ def test_passages_round_trip_one_row_per_movie_and_source(tmp_path):
     legacy = write_summaries({1: "Plain."}, tmp_path / "legacy.csv")  # no source column: one source
     assert read_passages(legacy) == {"summary": {1: "Plain."}}
     (tmp_path / "twice.csv").write_text("movieId,source,summary\n1,melu_plot,a\n2,melu_plot,b\n1,melu_plot,c\n")
-    with pytest.raises(FeatureError, match="twice.csv: movie 1 has two 'melu_plot' rows; keep one row per movie and source"):
+    with pytest.raises(FeatureError, match="twice.csv lines 2 and 4: movie 1 has two 'melu_plot' rows; keep one row per movie and source"):
         read_passages(tmp_path / "twice.csv")
     (tmp_path / "bad.csv").write_text("movieId,source,summary\n1,melu_plot,a\nx,melu_plot,b\n")
     with pytest.raises(FeatureError, match=r"bad.csv line 3, column 1 \(movieId\): 'x' is not an integer"):

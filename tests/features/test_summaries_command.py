@@ -67,6 +67,13 @@ def test_with_links_movies_the_release_lacks_are_left_out_and_counted(tmp_path, 
     assert f"1 movies not in {csv_release / 'links.csv'} left out" in capsys.readouterr().err
 
 
+def test_a_links_path_that_does_not_exist_is_an_error_whatever_the_sources(tmp_path, sources, capsys):
+    for given in (["--dbpedia", sources["dbpedia"]], ["--tmdb", sources["tmdb"], "--dbpedia", sources["dbpedia"]]):
+        assert _summaries(tmp_path, "--links", str(tmp_path / "nope" / "links.csv"), *given) == 2
+        assert f"--links {tmp_path / 'nope' / 'links.csv'}: no such file or folder" in capsys.readouterr().err
+        assert not (tmp_path / "out.csv").exists()
+
+
 def test_no_usable_source_is_an_error_that_says_why(tmp_path, sources, capsys):
     assert _summaries(tmp_path, "--tmdb", sources["tmdb"]) == 2
     err = capsys.readouterr().err
