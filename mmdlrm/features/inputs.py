@@ -122,11 +122,16 @@ def _write_rows(header: list[str], rows: list[tuple], path: str | Path) -> Path:
 
 def tmdb_overviews(tmdb_csv: str | Path, links_csv: str | Path) -> dict[int, str]:
     """movieId -> TMDB `overview`, joining TMDB's `id` to the tmdbId of MovieLens links.csv (read by `read_links`)."""
-    tmdb = _read_csv(Path(tmdb_csv), {"id": pa.int64(), "overview": pa.string()}, ["id", "overview"])
-    links = read_links(links_csv).select(["movie_id", "tmdb_id"])
-    joined = links.filter(pc.is_valid(links["tmdb_id"])).join(tmdb, keys="tmdb_id", right_keys="id", join_type="inner")
+    joined = _tmdb_joined(Path(tmdb_csv), links_csv, ["overview"])
     movies, texts = joined["movie_id"].to_pylist(), joined["overview"].to_pylist()
     return {int(m): t.strip() for m, t in zip(movies, texts) if t and t.strip()}
+
+
+def _tmdb_joined(tmdb_csv: Path, links_csv: str | Path, columns: list[str]) -> pa.Table:
+    """TMDB's `columns` (strings) beside the movie_id that links.csv gives each TMDB `id`."""
+    tmdb = _read_csv(tmdb_csv, {"id": pa.int64(), **dict.fromkeys(columns, pa.string())}, ["id", *columns])
+    links = read_links(links_csv).select(["movie_id", "tmdb_id"])
+    return links.filter(pc.is_valid(links["tmdb_id"])).join(tmdb, keys="tmdb_id", right_keys="id", join_type="inner")
 
 
 def tmdb_keywords(tmdb_csv: str | Path, links_csv: str | Path) -> dict[int, str]:
@@ -136,9 +141,7 @@ def tmdb_keywords(tmdb_csv: str | Path, links_csv: str | Path) -> dict[int, str]
     columns = [c for c in ("tagline", "keywords") if c in _header(path)[1]]
     if not columns:
         return {}
-    tmdb = _read_csv(path, {"id": pa.int64(), **dict.fromkeys(columns, pa.string())}, ["id", *columns])
-    links = read_links(links_csv).select(["movie_id", "tmdb_id"])
-    joined = links.filter(pc.is_valid(links["tmdb_id"])).join(tmdb, keys="tmdb_id", right_keys="id", join_type="inner")
+    joined = _tmdb_joined(path, links_csv, columns)
     taglines = joined["tagline"].to_pylist() if "tagline" in columns else [None] * joined.num_rows
     keywords = joined["keywords"].to_pylist() if "keywords" in columns else [None] * joined.num_rows
     out = {}
