@@ -1,11 +1,11 @@
 """The feature store: one row per movie with its poster and summary vectors, as Parquet parts in a folder.
 
-Columns: movieId, image and text (fixed-size float16 lists, L2-normalised), image_model and text_model (the
-encoder and weights tag), image_missing and text_missing, text_source (`summary` or `catalogue`; with several
-summary sources, those the movie has, joined by `+`). Parts are written whole or not at all (temporary name, then
-rename), so an interrupted extraction keeps every finished part and a rerun encodes only the movies no part holds. `manifest.json` names the encoders and the fingerprint of
-the inputs (posters, summaries, catalogue; see `extract.input_fingerprint`); vectors made by other encoders or
-from other inputs are never mixed into one store.
+Columns: movieId, image and text (fixed-size float16 lists, L2-normalised), image_model and text_model (the encoder
+and weights tag), image_missing and text_missing, text_source (`summary` or `catalogue`; with several summary
+sources, those the movie has, joined by `+`). Parts are written whole or not at all (temporary name, then rename),
+so an interrupted extraction keeps every finished part and a rerun encodes only the movies no part holds.
+`manifest.json` names the encoders and the fingerprint of the inputs (posters, summaries, catalogue; see
+`extract.input_fingerprint`); vectors made by other encoders or from other inputs are never mixed into one store.
 """
 
 from __future__ import annotations
