@@ -1,4 +1,4 @@
-"""Command line: synth | prepare | features | train | sweep | evaluate | export | inspect | recommend | report.
+"""Command line: synth | prepare | features | train | sweep | evaluate | export | index | inspect | recommend | report.
 
 The only place that reads argv.
 
@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     movies.add_argument("-k", type=_positive, default=10, help="how many movies")
     ranking = inspect_sub.add_parser("ranking", help="Recall/NDCG/HitRate@10,20 on test users vs popularity and EASE")
     ranking.add_argument("--users", type=_positive, default=500, help="test users sampled (full ranking for each)")
+    ranking.add_argument("--ranker", type=Path, help="for a retrieval run: a ranking or rating run that re-ranks its "
+                         "candidates (adds the ranker alone and the two stages to the table)")
     for command in (genres, movies, ranking):
         command.add_argument("run", type=Path, help="run folder written by `mmdlrm train`")
     recommend = sub.add_parser("recommend", help="a user's top-k unseen movies, or a movie's nearest movies")
@@ -63,8 +65,16 @@ def _parser() -> argparse.ArgumentParser:
     who = recommend.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", type=int, help="MovieLens userId")
     who.add_argument("--similar", type=int, metavar="MOVIE_ID", help="movies nearest to this movieId")
+    who.add_argument("--all-users", action="store_true", help="every user's top k into --out (Parquet: user, rank, "
+                     "movieId, score); shared out over the processes under torchrun")
     recommend.add_argument("-k", type=_positive, default=10, help="how many movies")
     recommend.add_argument("--popular-if-unknown", action="store_true", help="most-rated movies for an unknown user")
+    recommend.add_argument("--ranker", type=Path, help="for a retrieval run: a ranking or rating run (same prepared "
+                           "data) that re-ranks the retrieved candidates (model.retrieval.candidates of them)")
+    recommend.add_argument("--out", type=Path, help="with --all-users: the Parquet file to write")
+
+    index = sub.add_parser("index", help="(re)build a retrieval run's FAISS index of movie vectors (<run>/index.faiss)")
+    index.add_argument("run", type=Path, help="run folder of a model.task=retrieval run")
 
     report = sub.add_parser("report", help="one self-contained HTML page for a run (<run>/report.html)")
     report.add_argument("run", type=Path, help="run folder written by `mmdlrm train`")
@@ -120,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     from mmdlrm.data.tables import DataError
     from mmdlrm.distributed.checkpoint import CheckpointError
     from mmdlrm.features.encoders import FeatureError
+    from mmdlrm.retrieval.index import IndexFileError
     from mmdlrm.run_folder import RunFinished
 
     try:
@@ -134,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mmdlrm {args.command}: interrupted;{again.get(args.command, ' nothing was left half-written')}",
               file=sys.stderr)  # fmt: skip
         return 130
-    except (ConfigError, DataError, CheckpointError, FeatureError, FileNotFoundError, KeyError) as err:
+    except (ConfigError, DataError, CheckpointError, FeatureError, FileNotFoundError, KeyError, IndexFileError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"mmdlrm {args.command}: error: {message}", file=sys.stderr)
         return 2
@@ -148,8 +159,20 @@ def _run(args: argparse.Namespace) -> int:
 
         log.info("wrote %s", write_report(args.run, args.out))
         return 0
+    if args.command == "recommend" and args.all_users:
+        return _recommend_all(args)
     if args.command in ("inspect", "recommend"):
         print(_inspect(args))
+        return 0
+    if args.command == "index":
+        from mmdlrm.inspection.run import open_run
+        from mmdlrm.retrieval.recommenders import build_run_index, is_retrieval
+
+        run = open_run(args.run)
+        if not is_retrieval(run):
+            raise ConfigError(f"{args.run} is a {run.model.config.model.task} run; only model.task=retrieval runs have a movie index")
+        index = build_run_index(run)
+        log.info("wrote %s/index.faiss: %d movies, %s", args.run, index.num_movies, index.manifest["kind"])
         return 0
     if args.command == "export":
         from mmdlrm.export import export_run
@@ -200,14 +223,34 @@ def _inspect(args: argparse.Namespace) -> str:
     from mmdlrm.inspection import commands
 
     if args.command == "recommend":
+        if args.out is not None:
+            raise ConfigError("--out goes with --all-users (a single user's list is printed)")
         if args.similar is not None:
             return commands.inspect_movies(args.run, args.similar, args.k)
-        return commands.recommend_user(args.run, args.user, args.k, args.popular_if_unknown)
+        return commands.recommend_user(args.run, args.user, args.k, args.popular_if_unknown, args.ranker)
     if args.inspect_command == "genres":
         return commands.inspect_genres(args.run)
     if args.inspect_command == "movies":
         return commands.inspect_movies(args.run, args.movie, args.k)
-    return commands.inspect_ranking(args.run, args.users)
+    return commands.inspect_ranking(args.run, args.users, args.ranker)
+
+
+def _recommend_all(args: argparse.Namespace) -> int:
+    """`recommend RUN --all-users -k K --out FILE`: every user's list, users shared out over the processes."""
+    from mmdlrm.distributed.env import init_distributed, rank0_decides, teardown
+    from mmdlrm.retrieval.all_users import recommend_all
+    from mmdlrm.retrieval.recommenders import open_recommender
+
+    if args.out is None:
+        raise ConfigError("--all-users writes a Parquet file: give --out, e.g. --out recs.parquet")
+    env = init_distributed("cpu")
+    try:
+        rank0_decides(env, lambda: open_recommender(args.run, args.ranker) and None)  # export, index: once, on rank 0
+        recommender = open_recommender(args.run, args.ranker)
+        recommend_all(recommender, args.k, args.out, env, progress=sys.stderr.isatty())
+    finally:
+        teardown()
+    return 0
 
 
 def _features(cfg) -> int:

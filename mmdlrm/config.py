@@ -120,6 +120,69 @@ class RankingConfig:
             raise ConfigError(f"model.ranking.alpha must be >= 0, got {self.alpha}")
 
 
+INDEX_KINDS = ("flat", "ivf", "hnsw")
+
+
+@dataclass
+class RetrievalConfig:
+    """The `retrieval` task: a two-tower model (query: the user's history and side features; candidate: the movie's
+    id, genres, year and content vectors) scored by the dot product of unit vectors over a temperature, trained with
+    a softmax over candidates; its movie vectors go into a FAISS index (see mmdlrm/retrieval/)."""
+
+    dim: int = 64
+    """Width of the query and candidate vectors (the index's dimension)."""
+    tower_arch: list[int] = field(default_factory=lambda: [128])
+    """Hidden sizes of each tower's MLP, before the last layer of `dim` units."""
+    temperature: float = 0.05
+    """Scores are cosine / temperature: lower sharpens the softmax."""
+    negatives: Literal["auto", "catalogue", "sampled", "in_batch"] = "auto"
+    """What each positive is contrasted with. `catalogue`: every movie (an exact softmax; needs no correction);
+    `in_batch`: the other rows' positives, log-Q corrected (their sampling probability is their popularity);
+    `sampled`: those plus `sampled` uniformly drawn movies shared by the batch (mixed negative sampling, log-Q
+    corrected for both sources); `auto`: `catalogue` up to `catalogue_max` movies, else `sampled`."""
+    sampled: int = 1024
+    """For `sampled`: uniformly drawn negatives per batch (per process), shared by all its rows."""
+    catalogue_max: int = 20_000
+    """`negatives=auto` uses the whole catalogue as negatives up to this many movies."""
+    mask_seen: bool = True
+    """A user's other training movies are not negatives for them (they are left out of the softmax, as the
+    ranking protocol leaves them out of the ranking)."""
+    history_dropout: float = 0.0
+    """Share of the history movies dropped from each training row's query (seeded per step): a denoising input."""
+    candidates: int = 200
+    """Movies retrieved per user before a ranker re-ranks them (`--ranker`)."""
+    index: Literal["flat", "ivf", "hnsw"] = "flat"
+    """FAISS index of the movie vectors: `flat` (exact inner-product search), `ivf` (inverted lists, searches
+    `nprobe` of `ivf_lists` cells) or `hnsw` (graph); the approximate ones are for large catalogues."""
+    ivf_lists: int = 0
+    """Cells of the `ivf` index; 0: about 4 * sqrt(movies)."""
+    nprobe: int = 16
+    """Cells an `ivf` search visits (also HNSW's efSearch / 4)."""
+    hnsw_m: int = 32
+    """Neighbours per node of the `hnsw` graph."""
+
+    def __post_init__(self) -> None:
+        if self.dim < 4 or self.dim % 4:
+            raise ConfigError(f"model.retrieval.dim must be a positive multiple of 4, got {self.dim}")
+        if any(size < 1 for size in self.tower_arch):
+            raise ConfigError("model.retrieval.tower_arch sizes must be >= 1")
+        if self.temperature <= 0:
+            raise ConfigError(f"model.retrieval.temperature must be > 0, got {self.temperature}")
+        for name in ("sampled", "catalogue_max", "candidates", "nprobe", "hnsw_m"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.retrieval.{name} must be >= 1, got {getattr(self, name)}")
+        if self.ivf_lists < 0:
+            raise ConfigError(f"model.retrieval.ivf_lists must be >= 0 (0: automatic), got {self.ivf_lists}")
+        if not 0.0 <= self.history_dropout < 1.0:
+            raise ConfigError(f"model.retrieval.history_dropout must be in [0, 1), got {self.history_dropout}")
+
+    def negatives_for(self, num_movies: int) -> str:
+        """The negatives a catalogue of `num_movies` movies trains with (`auto` resolved)."""
+        if self.negatives != "auto":
+            return self.negatives
+        return "catalogue" if num_movies <= self.catalogue_max else "sampled"
+
+
 @dataclass
 class ModelConfig:
     """Embedding tables, DLRM arches and the prediction task."""
@@ -130,9 +193,10 @@ class ModelConfig:
     """Hidden sizes of the dense arch; its output width is embedding_dim, appended automatically."""
     over_arch: list[int] = field(default_factory=lambda: [128, 64])
     """Hidden sizes of the over arch; the single output unit is appended automatically."""
-    task: Literal["rating", "binary", "ranking"] = "rating"
+    task: Literal["rating", "binary", "ranking", "retrieval"] = "rating"
     """`rating`: regression scaled into the rating range (MSE). `binary`: liked or not (BCE). `ranking`: which
-    movies a user chooses, from observed interactions against sampled negatives (see `ranking`)."""
+    movies a user chooses, from observed interactions against sampled negatives (see `ranking`). `retrieval`: a
+    two-tower model whose movie vectors are searched by a FAISS index (see `retrieval`)."""
     liked_threshold: float = 4.0
     """For task=binary, a rating at or above this counts as liked."""
     year_bucket_years: int = 5
@@ -160,6 +224,7 @@ class ModelConfig:
     """L2 penalty on the looked-up embeddings (mean over the batch of their squared norms): decays only the rows a
     batch touches, on CPU and CUDA, whatever the sparse optimiser."""
     ranking: RankingConfig = field(default_factory=RankingConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
 
     def extra_features(self, counts: dict) -> list[tuple[str, int]]:
         """The optional single-valued sparse features this model reads on a dataset with these manifest `counts`,

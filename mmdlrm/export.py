@@ -13,14 +13,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import torch
+from torch import nn
 
 from mmdlrm.config import RunConfig, from_dict, load_config, to_dict
 from mmdlrm.distributed import checkpoint
 from mmdlrm.features.store import MovieVectors
 from mmdlrm.features.vectors import content_stores, load_content
 from mmdlrm.model.tables import Vocab, vocab_of
-from mmdlrm.model.task import TaskModule, build_task_module
-from mmdlrm.schema import DENSE_FEATURES
 from mmdlrm.tasks import Task, build_task
 
 FORMAT_VERSION = 2
@@ -30,8 +29,9 @@ FORMAT_VERSION = 2
 class ExportedModel:
     """An exported run, loaded: the model in eval mode on the CPU and its id maps."""
 
-    task: TaskModule
-    """The unsharded model with its task's objective: `task(batch)` gives `(loss, (loss, predictions, labels))`."""
+    task: nn.Module
+    """The unsharded model with its task's objective (`model.task.TaskModule` or `RetrievalModule`): `task(batch)`
+    gives `(loss, (loss, predictions, labels))`."""
     objective: Task
     config: RunConfig
     vocab: Vocab
@@ -99,13 +99,10 @@ def load_exported(path: str | Path) -> ExportedModel:
                          payload["titles"], payload["meta"])  # fmt: skip
 
 
-def _task(cfg: RunConfig, vocab: Vocab, content: dict[str, MovieVectors]) -> TaskModule:
+def _task(cfg: RunConfig, vocab: Vocab, content: dict[str, MovieVectors]) -> nn.Module:
     """The unsharded task module on the CPU, with its content vectors filled in."""
-    module = build_task_module(cfg.model, build_task(cfg.model, cfg.eval), vocab, len(DENSE_FEATURES),
-                               device=torch.device("cpu"), sparse_device="cpu",
-                               content_dims={m: v.vectors.shape[1] for m, v in content.items()},
-                               projection_dim=cfg.features.projection_dim, fusion=cfg.features.fusion,
-                               content_dropout=cfg.features.dropout)  # fmt: skip
+    module = build_task(cfg.model, cfg.eval).build_module(vocab, cfg.features, {m: v.vectors.shape[1] for m, v in content.items()},
+                                                          device=torch.device("cpu"), sparse_device="cpu")  # fmt: skip
     for modality, vectors in content.items():
         module.model.content.set_vectors(modality, vectors.vectors, vectors.missing)
     return module

@@ -27,6 +27,9 @@ COUNT_FEATURES = ("user_activity", "movie_popularity")
 COUNT_BUCKETS = 32
 DEMOGRAPHIC_FEATURES = ("age", "gender", "occupation", "zip")
 
+QUERY_FEATURES = ("user", HISTORY_FEATURE, "user_activity", *DEMOGRAPHIC_FEATURES)
+"""Features that describe the user: the two-tower model's query side (the others describe the movie)."""
+
 TABLE_FEATURES = (*SPARSE_FEATURES, HISTORY_FEATURE, *EXTRA_FEATURES)
 """Every feature that can have a table of its own (the keys of sharding.tables)."""
 

@@ -18,17 +18,29 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmdlrm.config import EvalConfig, ModelConfig
+from mmdlrm.config import EvalConfig, FeatureConfig, ModelConfig
 from mmdlrm.data.batches import BatchBuilder, BatchLoader, SplitRows
 from mmdlrm.data.negatives import NegativeSampler, known_pairs
 from mmdlrm.data.prepare import Prepared
+from mmdlrm.data.tower_batches import TowerBatchBuilder
 from mmdlrm.distributed.env import DistEnv
 from mmdlrm.evaluation.baselines import evaluate_baselines
 from mmdlrm.evaluation.ease import fit_ease
 from mmdlrm.evaluation.metrics import evaluate
-from mmdlrm.evaluation.ranking import KS, RankingTarget, evaluate_ranking, model_scorer, popularity_scorer, ranking_target
+from mmdlrm.evaluation.ranking import (
+    KS,
+    RankingTarget,
+    Scorer,
+    evaluate_ranking,
+    model_scorer,
+    popularity_scorer,
+    ranking_target,
+    tower_scorer,
+)
 from mmdlrm.inspection.plots import plot_predictions
-from mmdlrm.schema import RATING_RANGE
+from mmdlrm.model.tables import Vocab
+from mmdlrm.model.task import build_retrieval_module, build_task_module
+from mmdlrm.schema import DENSE_FEATURES, RATING_RANGE
 
 EASE_REGULARISATIONS = (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
 """EASE's lambda grid, picked on validation (Steck's ml-20m optimum, 500, sits inside it)."""
@@ -81,8 +93,28 @@ class Task:
     metric_names: ClassVar[tuple[str, ...]]
     """Columns of the results table (and the metrics evaluation computes)."""
 
+    model_label: ClassVar[str] = "DLRM"
+    """The model's name in results tables."""
+
     def __init__(self, model: ModelConfig, evaluation: EvalConfig) -> None:
         self.model_cfg, self.eval_cfg = model, evaluation
+
+    # -- the model and its batches
+    def build_module(self, vocab: Vocab, features: FeatureConfig, content_dims: dict[str, int] | None = None,
+                     device: torch.device | None = None, sparse_device: str = "meta") -> nn.Module:  # fmt: skip
+        """This task's model with its objective (`(loss, (loss, predictions, labels))` per batch), unsharded: tables
+        on `sparse_device` (meta: left to DistributedModelParallel)."""
+        return build_task_module(self.model_cfg, self, vocab, len(DENSE_FEATURES), device=device, sparse_device=sparse_device,
+                                 content_dims=content_dims, projection_dim=features.projection_dim, fusion=features.fusion,
+                                 content_dropout=features.dropout)  # fmt: skip
+
+    def builder(self, data: Prepared) -> BatchBuilder:
+        """What turns rows of `data` into this task's batches (training and evaluation)."""
+        return BatchBuilder(data, self.model_cfg, self.label)
+
+    def scorer(self, module: nn.Module, builder: BatchBuilder, num_movies: int, device: torch.device) -> Scorer:
+        """Scores of every movie for a few users at a time from `module` (in eval mode; sharded or not)."""
+        return model_scorer(module, builder, num_movies, device)
 
     # -- labels, loss, outputs: the Objective of TaskModule
     def label(self, rating: torch.Tensor) -> torch.Tensor:
@@ -127,6 +159,9 @@ class Task:
     def plot_predictions(self, preds: np.ndarray, labels: np.ndarray, path: Path) -> Path | None:
         """A plot of test predictions against labels, where the task has one."""
         return None
+
+    def after_training(self, run_dir: Path) -> None:
+        """What a finished run writes besides results and plots (rank 0 alone)."""
 
 
 class PointwiseTask(Task):
@@ -275,18 +310,88 @@ class RankingTask(Task):
         was_training = model.training
         model.eval()
         try:
-            scorer = model_scorer(model, ev.builder, ev.data.num_movies, ev.env.device)
-            metrics = evaluate_ranking(scorer, ev.target(split), ev.data.num_movies, KS, ev.cfg.batch_size, ev.env)
+            scorer = self.scorer(model, ev.builder, ev.data.num_movies, ev.env.device)
+            metrics = evaluate_ranking(scorer, ev.target(split), ev.data.num_movies, KS, self.rows_per_call(ev), ev.env)
         finally:
             model.train(was_training)
         return metrics, None, None
+
+    def rows_per_call(self, ev: Evaluation) -> int:
+        """(user, movie) scores per scorer call in evaluation: every movie for eval.batch_size // movies users."""
+        return ev.cfg.batch_size
 
     def baselines(self, ev):
         return ranking_baselines(ev, self.positives(ev.data))
 
     def result_blocks(self, test, baselines):
         rows = [(label, baselines[key]["test"]) for key, label in self.BASELINES if key in baselines]
-        return [Block(f"test ({test.get('users', 0)} users)", list(self.metric_names), [*rows, ("DLRM", test)])]
+        return [Block(f"test ({test.get('users', 0)} users)", list(self.metric_names), [*rows, (self.model_label, test)])]
+
+
+class RetrievalTask(RankingTask):
+    """Which movies a user chooses, learnt by a two-tower model whose movie vectors a FAISS index searches.
+
+    Positives are those of the ranking task (`model.ranking.positive_threshold`). Each positive is one row of a
+    softmax over the batch's candidates (`model.retrieval.negatives`: the whole catalogue, the batch's positives,
+    or those plus uniformly drawn movies), the user's other training movies left out (`mask_seen`). Sampled
+    candidates are log-Q corrected: a movie's logit is lowered by the log of how often it is expected among the
+    candidates (popularity for in-batch ones, uniform for drawn ones), so that the softmax estimates the full
+    one instead of learning popularity twice. Evaluation ranks every movie by the dot product of unit vectors,
+    the protocol of the ranking task; baselines: popularity and EASE.
+    """
+
+    name = "retrieval"
+    model_label = "two-tower"
+
+    def build_module(self, vocab, features, content_dims=None, device=None, sparse_device="meta"):
+        return build_retrieval_module(self.model_cfg, self, vocab, device=device, sparse_device=sparse_device,
+                                      content_dims=content_dims, projection_dim=features.projection_dim,
+                                      content_dropout=features.dropout)  # fmt: skip
+
+    def builder(self, data):
+        return TowerBatchBuilder(data, self.model_cfg, self.model_cfg.retrieval.negatives_for(data.num_movies))
+
+    def scorer(self, module, builder, num_movies, device):
+        return tower_scorer(module, builder, device)
+
+    def rows_per_call(self, ev):
+        return 256 * ev.data.num_movies  # a dot product per pair: cheap, and the catalogue is encoded per call
+
+    def training_loader(self, builder, data, batch_size, seed, env):
+        cfg = self.model_cfg.retrieval
+        kind = cfg.negatives_for(data.num_movies)
+        train = data.splits["train"]
+        keep = self.positives(data)
+        popularity = np.bincount(train["movie"][keep], minlength=data.num_movies).astype(np.float64)
+        local = batch_size // env.world_size
+        sampler, drawn = None, 0
+        if kind == "sampled":
+            per_row = max(1, round(cfg.sampled / local))
+            sampler, drawn = NegativeSampler(popularity, per_row, "uniform"), per_row * local
+        if kind == "catalogue":
+            self.log_q = None
+        else:  # expected copies of each movie among a batch's candidates: positives by popularity, drawn uniformly
+            expected = local * popularity / popularity.sum() + drawn / data.num_movies
+            self.log_q = torch.log(torch.from_numpy(expected).float().clamp_min(1e-12))
+        rows = SplitRows.from_prepared(data, "train").where(torch.from_numpy(keep))
+        return BatchLoader(builder, rows, batch_size, shuffle=True, seed=seed, rank=env.rank, world_size=env.world_size,
+                           leave_one_out=True, negatives=sampler)  # fmt: skip
+
+    def loss(self, logits, labels, movies=None):
+        """Softmax cross-entropy of each row's positive among its candidates (B x C logits), log-Q corrected."""
+        if self.log_q is not None and movies is not None:
+            logits = logits - self.log_q.to(logits.device)[movies]
+        return nn.functional.cross_entropy(logits, labels)
+
+    def initial_logit(self, data):
+        return 0.0
+
+    def after_training(self, run_dir):
+        """The FAISS index of every movie's vector, from the exported model, into the run folder."""
+        from mmdlrm.inspection.run import open_run  # the run is read back as any finished run is
+        from mmdlrm.retrieval.recommenders import ensure_index
+
+        ensure_index(open_run(run_dir))
 
 
 def ranking_baselines(ev: Evaluation, positives: np.ndarray, splits: tuple[str, ...] = ("val", "test")) -> dict[str, dict]:
@@ -308,7 +413,7 @@ def ranking_baselines(ev: Evaluation, positives: np.ndarray, splits: tuple[str, 
     return out
 
 
-TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (RatingTask, BinaryTask, RankingTask)}
+TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (RatingTask, BinaryTask, RankingTask, RetrievalTask)}
 
 
 def build_task(model: ModelConfig, evaluation: EvalConfig) -> Task:

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from mmdlrm import run_folder
 from mmdlrm.config import RunConfig, TrainConfig
-from mmdlrm.data.batches import BatchBuilder, BatchLoader
+from mmdlrm.data.batches import BatchLoader
 from mmdlrm.data.prepare import Prepared, ensure_prepared, load_prepared
 from mmdlrm.data.tables import DataError
 from mmdlrm.distributed import checkpoint
@@ -29,8 +29,6 @@ from mmdlrm.features.vectors import load_content as load_vectors
 from mmdlrm.inspection.board import Board
 from mmdlrm.inspection.plots import plot_curves
 from mmdlrm.model.tables import vocab_of
-from mmdlrm.model.task import build_task_module
-from mmdlrm.schema import DENSE_FEATURES
 from mmdlrm.tasks import Evaluation, Task, build_task
 
 log = logging.getLogger("mmdlrm")
@@ -72,14 +70,13 @@ def build_model(cfg: RunConfig, data: Prepared, env: DistEnv, task: Task, conten
     """
     content = load_content(cfg, data, env) if content is None else content
     torch.manual_seed(cfg.train.seed)
-    module = build_task_module(cfg.model, task, vocab_of(cfg.model, data.manifest["counts"]), len(DENSE_FEATURES), device=env.device,
-                               projection_dim=cfg.features.projection_dim, fusion=cfg.features.fusion,
-                               content_dropout=cfg.features.dropout, content_dims={m: v.vectors.shape[1] for m, v in content.items()})  # fmt: skip
+    module = task.build_module(vocab_of(cfg.model, data.manifest["counts"]), cfg.features,
+                               {m: v.vectors.shape[1] for m, v in content.items()}, device=env.device)  # fmt: skip
     for modality, vectors in content.items():
         module.model.content.set_vectors(modality, vectors.vectors, vectors.missing)
     module.init_output(task.initial_logit(data))
     local_batch = cfg.train.batch_size // env.world_size
-    sparse = module.model.dlrm.sparse_arch
+    sparse = torch.nn.ModuleList(module.embedding_collections())
     return shard(module, sparse, cfg.sharding, env, local_batch, cfg.model.embedding_dim, cfg.train.dense_lr,
                  cfg.train.dense_weight_decay)
 
@@ -138,7 +135,7 @@ def build(cfg: RunConfig, env: DistEnv) -> Setup:
     """
     data = build_data(cfg, env)
     task = build_task(cfg.model, cfg.eval)
-    builder = BatchBuilder(data, cfg.model, task.label)
+    builder = task.builder(data)
     loader = task.training_loader(builder, data, cfg.train.batch_size, cfg.train.seed, env)
     counts = data.manifest["counts"]
     if len(loader) == 0:
@@ -204,6 +201,7 @@ def train(cfg: RunConfig, env: DistEnv) -> TrainResult:
     result.test, preds, labels = task.evaluate(model, "test", setup.evaluation, keep_predictions=True)
     if env.is_rank0:
         _write_outputs(result, task, preds, labels)
+        task.after_training(run_dir)
         if board is not None:
             _log_embeddings(board, run_dir, setup.data)
             board.close()

@@ -8,17 +8,18 @@ import pytest
 import torch
 
 from mmdlrm.config import EvalConfig, ModelConfig, RankingConfig
-from mmdlrm.tasks import TASKS, BinaryTask, RankingTask, RatingTask, build_task
+from mmdlrm.tasks import TASKS, BinaryTask, RankingTask, RatingTask, RetrievalTask, build_task
 
 
 def test_each_task_is_one_class_chosen_by_the_config():
-    assert set(TASKS) == {"rating", "binary", "ranking"}
+    assert set(TASKS) == {"rating", "binary", "ranking", "retrieval"}
     for name, cls in TASKS.items():
         task = build_task(ModelConfig(task=name), EvalConfig())
         assert isinstance(task, cls) and task.monitor in task.metric_names
     assert (RatingTask.monitor, RatingTask.higher_is_better) == ("rmse", False)
     assert (BinaryTask.monitor, BinaryTask.higher_is_better) == ("auc", True)
     assert (RankingTask.monitor, RankingTask.higher_is_better) == ("ndcg@20", True)
+    assert (RetrievalTask.monitor, RetrievalTask.higher_is_better) == ("ndcg@20", True)
 
 
 def test_better_follows_the_direction():

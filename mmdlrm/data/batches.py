@@ -175,12 +175,15 @@ class BatchBuilder:
         self.keys += self.extra
         self.user_codes = {n: torch.from_numpy(data.users[n].astype(np.int64)) for n in DEMOGRAPHIC_FEATURES if n in data.users}
 
-    def build(self, rows: SplitRows, index: torch.Tensor, leave_one_out: bool = False, negatives: torch.Tensor | None = None) -> Batch:
+    def build(self, rows: SplitRows, index: torch.Tensor, leave_one_out: bool = False, negatives: torch.Tensor | None = None,
+              generator: torch.Generator | None = None) -> Batch:  # fmt: skip
         """The batch of `rows[index]`, followed by `negatives` (len(index) x k movie ids) if given.
 
         Args:
             leave_one_out: subtract each (positive) row's own rating from its user's and movie's training sums,
                 so that on the training split a row's dense features never contain its own label.
+            generator: the training step's own seed, for builders that draw something per batch (the two-tower
+                builder's history dropout); this one draws nothing.
         """
         user, movie, rating = rows.user[index].long(), rows.movie[index].long(), rows.rating[index]
         positives = len(index)
@@ -378,7 +381,8 @@ class BatchLoader:
             if self.negatives is not None:  # drawn per range: the same whatever the world size
                 negatives = torch.cat([self.negatives.sample(self.rows.user[share], _generator(self.seed, self.epoch, v, step))
                                        for v, share in zip(self._own, shares)])  # fmt: skip
-            yield self.builder.build(self.rows, torch.cat(shares), self.leave_one_out, negatives)
+            yield self.builder.build(self.rows, torch.cat(shares), self.leave_one_out, negatives,
+                                     _generator(self.seed, self.epoch, len(self._take), step))
 
 
 def _generator(*parts: int) -> torch.Generator:

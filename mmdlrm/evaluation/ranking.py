@@ -162,6 +162,27 @@ def model_scorer(model: torch.nn.Module, builder: BatchBuilder, num_movies: int,
     return score
 
 
+def tower_scorer(module: torch.nn.Module, builder, device: torch.device) -> Scorer:
+    """Scores of every movie for each user from a (possibly sharded) two-tower module: the catalogue's vectors are
+    encoded once, each call encodes its users and takes the dot products.
+
+    Args:
+        builder: a `data.tower_batches.TowerBatchBuilder` of the same data.
+    """
+    model = getattr(module, "module", module).model  # under DistributedModelParallel: the wrapped module
+    with torch.no_grad():
+        dense, sparse, movies = builder.catalogue()
+        candidates, _ = model.encode_candidates(dense.to(device), sparse.to(device), movies.to(device))
+
+    @torch.no_grad()
+    def score(users: torch.Tensor) -> torch.Tensor:
+        dense, sparse = builder.queries(users)
+        queries, _ = model.encode_queries(dense.to(device), sparse.to(device))
+        return model.score(queries, candidates).float().cpu()
+
+    return score
+
+
 def popularity_scorer(train_movies: np.ndarray, num_movies: int) -> Scorer:
     """Every user gets the same scores: the movies' training interaction counts."""
     counts = torch.from_numpy(np.bincount(train_movies, minlength=num_movies).astype(np.float32))

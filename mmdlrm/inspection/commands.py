@@ -12,10 +12,17 @@ import torch
 
 from mmdlrm.data.synthetic import PlantedTruth
 from mmdlrm.distributed.env import DistEnv
-from mmdlrm.evaluation.ranking import KS, evaluate_ranking, model_scorer
+from mmdlrm.evaluation.ranking import EXCLUDED, KS, evaluate_ranking
 from mmdlrm.inspection.embeddings import genre_report, nearest_movies, plot_genres
-from mmdlrm.inspection.recommend import Recommendation, format_recommendations, movie_genres, recommend
+from mmdlrm.inspection.recommend import UnknownIdError, format_recommendations, listing, recommend
 from mmdlrm.inspection.run import Run, open_run
+from mmdlrm.retrieval.recommenders import (
+    CatalogueRecommender,
+    IndexRecommender,
+    open_recommender,
+    recommender_for,
+    recommender_scorer,
+)
 from mmdlrm.tasks import Block, Evaluation, RankingTask, ranking_baselines
 
 log = logging.getLogger("mmdlrm")
@@ -42,37 +49,69 @@ def inspect_genres(folder: Path) -> str:
 
 
 def inspect_movies(folder: Path, movie_id: int, k: int) -> str:
-    """The k movies nearest to `movie_id` by learnt embedding."""
+    """The k movies nearest to `movie_id`: by the index's movie vectors for a retrieval run, else by the learnt
+    movie embedding."""
     run = open_run(folder)
-    index = {int(m): i for i, m in enumerate(run.data.movies["movie_id"])}
-    items = [Recommendation(m, title, movie_genres(run, index[m]), score) for m, title, score in nearest_movies(run.model, movie_id, k)]
+    recommender = recommender_for(run)
+    if isinstance(recommender, IndexRecommender):
+        found = recommender.similar(_movie_position(run, movie_id), k)
+    else:
+        index = {int(m): i for i, m in enumerate(run.data.movies["movie_id"])}
+        found = [(index[m], score) for m, _, score in nearest_movies(run.model, movie_id, k)]
+    items = [listing(run, i, score) for i, score in found]
     return f"nearest to {_title(run, movie_id)}:\n" + format_recommendations(items, "cosine")
 
 
-def inspect_ranking(folder: Path, users: int) -> str:
-    """Full-ranking Recall/NDCG/HitRate@10,20 of the run's model, popularity and EASE on the same test users."""
+def inspect_ranking(folder: Path, users: int, ranker: Path | None = None) -> str:
+    """Full-ranking Recall/NDCG/HitRate@10,20 on the same test users: popularity, EASE, the run's model and, with
+    a `ranker` run for a retrieval run, the ranker alone over the whole catalogue and the two stages."""
     run = open_run(folder)
+    other = open_run(ranker) if ranker is not None else None
+    recommender = recommender_for(run, other)  # checks the ranker before anything is fitted
     cfg = run.model.config
     settings = dataclasses.replace(cfg.eval, ranking_users=users)
     ev = Evaluation(run.data, run.builder, DistEnv(0, 1, 0, torch.device("cpu")), settings, cfg.train.seed)
-    scorer = model_scorer(run.model.task, run.builder, run.data.num_movies, torch.device("cpu"))
-    model = evaluate_ranking(scorer, ev.target("test"), run.data.num_movies, KS, settings.batch_size)
-    ratings = run.data.splits["train"]["rating"]
-    positives = RankingTask(cfg.model, cfg.eval).positives(run.data) if cfg.model.task == "ranking" else np.ones(len(ratings), bool)
+    target, n = ev.target("test"), run.data.num_movies
+    rank = lambda scorer: evaluate_ranking(scorer, target, n, KS, 256 * n)  # noqa: E731
+    seen = run.data.seen(EXCLUDED["test"])
+    objective = run.model.objective
+    if isinstance(recommender, CatalogueRecommender):
+        models = {"model": (objective.model_label, rank(objective.scorer(run.model.task, run.builder, n, torch.device("cpu"))))}
+    else:
+        retriever = recommender if other is None else recommender.retriever
+        models = {"model": (f"two-tower ({retriever.index.manifest['kind']} index)", rank(recommender_scorer(retriever, seen, max(KS))))}
+    if other is not None:
+        ranker_scorer = other.model.objective.scorer(other.model.task, other.builder, n, torch.device("cpu"))
+        models["ranker"] = (f"{other.model.objective.model_label} alone", rank(ranker_scorer))
+        models["pipeline"] = (f"two stages ({recommender.candidates} -> re-ranked)", rank(recommender_scorer(recommender, seen, max(KS))))
+    ratings_rows = run.data.split_rows("train")
+    positives = objective.positives(run.data) if isinstance(objective, RankingTask) else np.ones(ratings_rows, bool)
     baselines = ranking_baselines(ev, positives, splits=("val", "test"))
-    results = {"popularity": baselines["popularity"]["test"], "ease": baselines["ease"]["test"], "model": model,
-               "ease_regularisation": baselines["ease"]["regularisation"]}  # fmt: skip
+    results = {"popularity": baselines["popularity"]["test"], "ease": baselines["ease"]["test"],
+               "ease_regularisation": baselines["ease"]["regularisation"],
+               **{key: metrics for key, (_, metrics) in models.items()},
+               "labels": {key: label for key, (label, _) in models.items()}}  # fmt: skip
+    if other is not None:
+        results["ranker_run"] = str(other.folder)
     (run.folder / "ranking.json").write_text(json.dumps(results, indent=2) + "\n")
-    rows = [("popularity", results["popularity"]), ("EASE", results["ease"]), ("DLRM", model)]
-    return Block(f"ranking ({model['users']} test users)", list(RankingTask.metric_names), rows).text()
+    rows = [("popularity", results["popularity"]), ("EASE", results["ease"]), *models.values()]
+    return Block(f"ranking ({target.users.size} test users)", list(RankingTask.metric_names), rows).text()
 
 
-def recommend_user(folder: Path, user_id: int, k: int, popular_if_unknown: bool) -> str:
+def recommend_user(folder: Path, user_id: int, k: int, popular_if_unknown: bool, ranker: Path | None = None) -> str:
     """A user's top-k movies they have not rated, or the most-rated ones for an unknown user (if allowed)."""
-    run = open_run(folder)
-    items, fallback = recommend(run, user_id, k, popular_if_unknown)
+    recommender = open_recommender(folder, ranker)
+    items, fallback = recommend(recommender, user_id, k, popular_if_unknown)
     head = f"user {user_id} is unknown: the {k} most-rated movies instead (popularity fallback)\n" if fallback else ""
     return head + format_recommendations(items, "count" if fallback else "score")
+
+
+def _movie_position(run: Run, movie_id: int) -> int:
+    ids = run.data.movies["movie_id"]
+    position = int(np.searchsorted(ids, movie_id))
+    if position >= len(ids) or ids[position] != movie_id:
+        raise UnknownIdError(f"movie {movie_id} is not in this run's catalogue ({len(ids):,} movies, ids {ids[0]}..{ids[-1]})")
+    return position
 
 
 def _title(run: Run, movie_id: int) -> str:

@@ -23,12 +23,11 @@ from mmdlrm.data.synthetic import PlantedTruth  # noqa: E402
 from mmdlrm.export import ExportedModel  # noqa: E402
 from mmdlrm.model.tables import table_name  # noqa: E402
 
-TABLE_KEY = "model.dlrm.sparse_arch.embedding_bag_collection.embedding_bags.{}.weight"
-
-
 def table(model: ExportedModel, feature: str) -> torch.Tensor:
-    """The whole embedding table of `feature` (rows = ids)."""
-    return model.task.state_dict()[TABLE_KEY.format(table_name(feature))].detach().float()
+    """The whole embedding table of `feature` (rows = ids), wherever the model keeps it (DLRM or a tower)."""
+    suffix = f".embedding_bags.{table_name(feature)}.weight"
+    state = model.task.state_dict()
+    return next(value for key, value in state.items() if key.endswith(suffix)).detach().float()
 
 
 def cosine_similarity(vectors: torch.Tensor) -> np.ndarray:

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mmdlrm.evaluation.ranking import model_scorer, top_k
+from mmdlrm.evaluation.ranking import top_k
 from mmdlrm.inspection.run import Run
+from mmdlrm.retrieval.recommenders import Recommender
 
 
 class UnknownIdError(KeyError):
@@ -22,12 +23,20 @@ class UnknownIdError(KeyError):
 class Recommendation:
     movie_id: int
     title: str
+    year: int | None
     genres: list[str]
     score: float
 
 
-def recommend(run: Run, user_id: int, k: int = 10, popular_if_unknown: bool = False) -> tuple[list[Recommendation], bool]:
-    """The k best-scored movies `user_id` (raw MovieLens id) has not rated (in any split).
+def user_index(run: Run, user_id: int) -> int | None:
+    """The contiguous id of MovieLens `user_id` in the run's data, or None if the run never saw the user."""
+    ids = run.data.users["user_id"]
+    position = int(np.searchsorted(ids, user_id))
+    return position if position < len(ids) and ids[position] == user_id else None
+
+
+def recommend(recommender: Recommender, user_id: int, k: int = 10, popular_if_unknown: bool = False) -> tuple[list[Recommendation], bool]:
+    """The k best movies for `user_id` (raw MovieLens id) that they have not rated (in any split).
 
     Returns:
         (recommendations, fallback): fallback is True when the user is unknown and the most-rated movies were
@@ -36,26 +45,28 @@ def recommend(run: Run, user_id: int, k: int = 10, popular_if_unknown: bool = Fa
     Raises:
         UnknownIdError: the user is not in the run's data and `popular_if_unknown` is False.
     """
+    run = recommender.run
     data = run.data
-    position = np.searchsorted(data.users["user_id"], user_id)
-    known = position < data.num_users and data.users["user_id"][position] == user_id
-    popularity = torch.from_numpy(data.movies["train_count"].astype(np.float32))
-    if not known:
+    position = user_index(run, user_id)
+    if position is None:
         if not popular_if_unknown:
             raise UnknownIdError(
                 f"user {user_id} is not in this run's data ({data.num_users:,} users, ids "
                 f"{data.users['user_id'][0]}..{data.users['user_id'][-1]}); pass --popular-if-unknown for the most-rated movies"
             )
-        return _listing(run, popularity, np.empty(0, np.int64), k), True
-    seen = np.concatenate([data.splits[s]["movie"][data.splits[s]["user"] == position] for s in ("train", "val", "test")])
-    scores = model_scorer(run.model.task, run.builder, data.num_movies, torch.device("cpu"))(torch.tensor([int(position)]))[0]
-    return _listing(run, scores, seen, k), False
+        popularity = torch.from_numpy(data.movies["train_count"].astype(np.float32))
+        return [listing(run, int(i), float(popularity[i])) for i in top_k(popularity, np.empty(0, np.int64), k).tolist()], True
+    seen = data.seen().of(position)  # every split: a few pages of the seen-movie index, no split column
+    movies, scores = recommender.top_k(np.array([position]), k, [seen])
+    return [listing(run, int(m), float(s)) for m, s in zip(movies[0], scores[0]) if m >= 0], False
 
 
-def _listing(run: Run, scores: torch.Tensor, seen: np.ndarray, k: int) -> list[Recommendation]:
+def listing(run: Run, index: int, score: float) -> Recommendation:
+    """Movie `index` (contiguous id) as a recommendation: its MovieLens id, title, year, genres and `score`."""
     data = run.data
-    return [Recommendation(int(data.movies["movie_id"][i]), data.titles[i], movie_genres(run, i), float(scores[i]))
-            for i in top_k(scores, seen, k).tolist()]  # fmt: skip
+    year = int(data.movies["year"][index])
+    return Recommendation(int(data.movies["movie_id"][index]), data.titles[index], year if year > 0 else None,
+                          movie_genres(run, index), score)  # fmt: skip
 
 
 def movie_genres(run: Run, index: int) -> list[str]:

@@ -6,7 +6,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmdlrm.data.batches import BatchBuilder
 from mmdlrm.data.prepare import Prepared, load_prepared
 from mmdlrm.export import ExportedModel, export_run, load_exported
 
@@ -18,7 +17,8 @@ class Run:
     folder: Path
     model: ExportedModel
     data: Prepared
-    builder: BatchBuilder
+    builder: object
+    """The task's batch builder (`BatchBuilder`, or `TowerBatchBuilder` for the two-tower model)."""
     results: dict
 
 
@@ -45,5 +45,5 @@ def open_run(folder: str | Path) -> Run:
     if not (prepared / "manifest.json").is_file():
         raise FileNotFoundError(f"{folder}: its prepared dataset {prepared} is gone; prepare it again with the run's config")
     data = load_prepared(prepared)
-    builder = BatchBuilder(data, model.config.model, model.objective.label)
+    builder = model.objective.builder(data)
     return Run(folder, model, data, builder, results)

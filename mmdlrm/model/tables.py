@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 
 from mmdlrm.config import ModelConfig
-from mmdlrm.schema import SPARSE_FEATURES, num_year_buckets
+from mmdlrm.schema import QUERY_FEATURES, SPARSE_FEATURES, num_year_buckets
 
 
 @dataclass(frozen=True)
@@ -84,13 +84,32 @@ def build_tables(cfg: ModelConfig, vocab: Vocab) -> list[EmbeddingBagConfig]:
     A table any of whose features is multi-valued pools by the mean; single-valued features pool a single row,
     so sum and mean agree for them.
     """
-    tables: dict[str, list[SparseFeature]] = {}
+    return bag_configs(sparse_features(cfg, vocab), cfg.embedding_dim)
+
+
+def tower_features(cfg: ModelConfig, vocab: Vocab) -> tuple[list[SparseFeature], list[SparseFeature]]:
+    """The model's sparse features split into the query tower's and the candidate tower's, each in key order.
+
+    The towers hold separate EmbeddingBagCollections, so the history feature always has a table of its own here
+    (`t_history`), whatever `model.history_table` says.
+    """
+    query, candidate = [], []
     for feature in sparse_features(cfg, vocab):
+        if feature.name == "history":
+            feature = SparseFeature(feature.name, table_name("history"), feature.rows, True)
+        (query if feature.name in QUERY_FEATURES else candidate).append(feature)
+    return query, candidate
+
+
+def bag_configs(features: list[SparseFeature], dim: int) -> list[EmbeddingBagConfig]:
+    """One `dim`-wide table per distinct table of `features`; mean pooling where a feature is multi-valued."""
+    tables: dict[str, list[SparseFeature]] = {}
+    for feature in features:
         tables.setdefault(feature.table, []).append(feature)
     return [
         EmbeddingBagConfig(
             name=name,
-            embedding_dim=cfg.embedding_dim,
+            embedding_dim=dim,
             num_embeddings=features[0].rows,
             feature_names=[f.name for f in features],
             pooling=PoolingType.MEAN if any(f.multi_valued for f in features) else PoolingType.SUM,

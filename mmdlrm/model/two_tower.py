@@ -1,0 +1,107 @@
+"""The two-tower retrieval model: a query tower (the user) and a candidate tower (the movie) over TorchRec tables.
+
+Each tower pools its sparse features through an `EmbeddingBagCollection` (sharded by DistributedModelParallel
+like the DLRM's tables), concatenates the pooled vectors with its dense features (and, for movies, the projected
+content vectors), and maps them through an MLP to a unit vector of `model.retrieval.dim`. A (user, movie) pair
+scores cosine / temperature, so the movie vectors can be searched by inner product in a FAISS index and the query
+tower runs once per user.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from mmdlrm.config import ModelConfig
+from mmdlrm.model.content import MovieContent
+from mmdlrm.model.tables import Vocab, bag_configs, tower_features
+
+QUERY_DENSE = 2
+"""Dense inputs of the query tower: the user's log rating count and shrunk mean deviation."""
+CANDIDATE_DENSE = 3
+"""Dense inputs of the candidate tower: the movie's log rating count, shrunk mean deviation, centred year."""
+
+
+class Tower(nn.Module):
+    """Sparse features (F tables of width D) and `dense_in` dense features -> B x `out` unit vectors.
+
+    The EmbeddingBagCollection pools each feature to B x D; with the dense features (and `extra`, e.g. content
+    vectors, B x E) that is B x (F * D + dense_in + E) into an MLP of `arch` hidden ReLU layers and a linear
+    layer of `out` units, normalised to unit length.
+    """
+
+    def __init__(
+        self,
+        tables: list[EmbeddingBagConfig],
+        dense_in: int,
+        arch: list[int],
+        out: int,
+        device: torch.device | None = None,
+        sparse_device: torch.device | None = None,
+        extra_in: int = 0,
+    ) -> None:
+        super().__init__()
+        self.ebc = EmbeddingBagCollection(tables=tables, device=sparse_device)
+        width = sum(t.embedding_dim * len(t.feature_names) for t in tables) + dense_in + extra_in
+        layers: list[nn.Module] = []
+        for size in arch:
+            layers += [nn.Linear(width, size, device=device), nn.ReLU()]
+            width = size
+        layers.append(nn.Linear(width, out, device=device))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor, extra: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit vectors (B x out) and the batch mean of the squared norms of the pooled embeddings (for the L2)."""
+        pooled = self.ebc(sparse).values()
+        squares = pooled.pow(2).sum(dim=1).mean().nan_to_num(0.0)  # 0 for an empty batch
+        parts = [pooled, dense] if extra is None else [pooled, dense, extra]
+        return nn.functional.normalize(self.mlp(torch.cat(parts, dim=1)), dim=1), squares
+
+
+class TwoTower(nn.Module):
+    """Query and candidate towers; `score` gives the B x C logits of B queries against C candidates.
+
+    Content vectors (posters, summaries, genome), where the run reads them, enter the candidate tower projected
+    to `projection_dim` each (`MovieContent`), once per distinct movie.
+    """
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        vocab: Vocab,
+        device: torch.device | None = None,
+        sparse_device: torch.device | None = None,
+        content_dims: dict[str, int] | None = None,
+        projection_dim: int = 16,
+        content_dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        settings = cfg.retrieval
+        query, candidate = tower_features(cfg, vocab)
+        self.query_keys = [f.name for f in query]
+        self.candidate_keys = [f.name for f in candidate]
+        self.temperature = settings.temperature
+        self.content = MovieContent(content_dims, vocab.movies, projection_dim, device, content_dropout) if content_dims else None
+        self.query = Tower(bag_configs(query, cfg.embedding_dim), QUERY_DENSE, settings.tower_arch, settings.dim, device, sparse_device)
+        self.candidate = Tower(bag_configs(candidate, cfg.embedding_dim), CANDIDATE_DENSE, settings.tower_arch, settings.dim,
+                               device, sparse_device, self.content.out_features if self.content else 0)  # fmt: skip
+
+    def embedding_collections(self) -> list[EmbeddingBagCollection]:
+        """The model's EmbeddingBagCollections (what DistributedModelParallel shards)."""
+        return [self.query.ebc, self.candidate.ebc]
+
+    def encode_queries(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """B users' unit vectors and their pooled embeddings' mean squared norm."""
+        return self.query(dense, sparse)
+
+    def encode_candidates(self, dense: torch.Tensor, sparse: KeyedJaggedTensor, movies: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """C movies' unit vectors (`movies`: their ids, for the content vectors) and the mean squared norm."""
+        extra = self.content(movies) if self.content is not None else None
+        return self.candidate(dense, sparse, extra)
+
+    def score(self, queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """B x C logits: cosine similarity over the temperature."""
+        return queries @ candidates.T / self.temperature
