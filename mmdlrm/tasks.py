@@ -28,6 +28,7 @@ from mmdlrm.evaluation.baselines import evaluate_baselines
 from mmdlrm.evaluation.ease import fit_ease
 from mmdlrm.evaluation.metrics import evaluate
 from mmdlrm.evaluation.ranking import (
+    EXCLUDED,
     KS,
     RankingTarget,
     Scorer,
@@ -74,8 +75,10 @@ class Evaluation:
 
     def target(self, split: str) -> RankingTarget:
         if split not in self.targets:
-            self.targets[split] = ranking_target(self.data.splits, split, self.cfg.relevant_threshold,
+            held = self.data.splits[split]
+            self.targets[split] = ranking_target(held, self.data.seen(EXCLUDED[split]), split, self.cfg.relevant_threshold,
                                                  self.cfg.ranking_users, self.seed)  # fmt: skip
+            held.release()  # the target keeps what it needs
         return self.targets[split]
 
     def cold_movies(self) -> torch.Tensor:
@@ -184,8 +187,11 @@ class PointwiseTask(Task):
 
     def baselines(self, ev):
         data = ev.data
-        return evaluate_baselines(data.splits, data.num_users, data.num_movies, self.metric_names, self.label,
-                                  self.from_stars, ev.cold_movies().numpy())  # fmt: skip
+        out = evaluate_baselines(data.splits, data.num_users, data.num_movies, self.metric_names, self.label,
+                                 self.from_stars, ev.cold_movies().numpy())  # fmt: skip
+        for columns in data.splits.values():
+            columns.release()  # fitted once, before training: not held through it
+        return out
 
     def result_blocks(self, test, baselines):
         blocks = [("test", "model", "test")]
@@ -241,7 +247,9 @@ class BinaryTask(PointwiseTask):
         return (stars - lo) / (hi - lo)
 
     def initial_logit(self, data):
-        return _logit(float((data.splits["train"]["rating"] >= self.model_cfg.liked_threshold).mean()))
+        liked = float((data.splits["train"]["rating"] >= self.model_cfg.liked_threshold).mean())
+        data.splits["train"].release()
+        return _logit(liked)
 
 
 class RankingTask(Task):
@@ -283,6 +291,7 @@ class RankingTask(Task):
         sampler = NegativeSampler(popularity, cfg.negatives, cfg.sampler, cfg.alpha, known)
         self.log_q = torch.log(sampler.probability.float().clamp_min(1e-12))
         rows = SplitRows.from_prepared(data, "train").where(torch.from_numpy(keep))
+        train.release()  # every rank read the whole split for the sampler: not held through training
         return BatchLoader(builder, rows, batch_size, shuffle=True, seed=seed, rank=env.rank, world_size=env.world_size,
                            leave_one_out=True, negatives=sampler)  # fmt: skip
 
@@ -410,6 +419,7 @@ def ranking_baselines(ev: Evaluation, positives: np.ndarray, splits: tuple[str, 
     out["ease"] = {split: rank(scorer, split) for split in splits} | {
         "regularisation": ease.regularisation, "items": len(ease.items),
         "validation_by_regularisation": {str(k): v for k, v in tried.items()}}  # fmt: skip
+    train.release()
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from mmdlrm.config import SyntheticConfig
@@ -35,3 +36,28 @@ def tiny_prepared(tiny_release, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_prepared") / "prepared"
     prepare(read_release(tiny_release), out, "random", 0.1, 0.1, seed=0)
     return load_prepared(out)
+
+
+@pytest.fixture
+def parquet_reads(monkeypatch) -> list[str]:
+    """The names of the Parquet files whose data is read while the test runs (footers are not counted)."""
+    reads: list[str] = []
+    init = pq.ParquetFile.__init__
+
+    def opened(self, source, *args, **kwargs):
+        self._test_name = Path(str(source)).name
+        init(self, source, *args, **kwargs)
+
+    def counted(method):
+        def read(self, *args, **kwargs):
+            reads.append(getattr(self, "_test_name", "?"))
+            return method(self, *args, **kwargs)
+
+        return read
+
+    monkeypatch.setattr(pq.ParquetFile, "__init__", opened)
+    for name in ("read", "read_row_group", "read_row_groups", "iter_batches"):
+        monkeypatch.setattr(pq.ParquetFile, name, counted(getattr(pq.ParquetFile, name)))
+    table = pq.read_table
+    monkeypatch.setattr(pq, "read_table", lambda source, *a, **k: reads.append(Path(str(source)).name) or table(source, *a, **k))
+    return reads

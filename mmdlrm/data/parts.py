@@ -5,16 +5,22 @@ range of them is a random sample. Rank r of w reads rows [n*r//w, n*(r+1)//w): o
 overlap that range are decoded, from the memory-mapped file, into arrays allocated once, so reading costs the
 part's own bytes and one row group. Whole columns (`SplitColumns`) and the user-history lists (`read_history`,
 from train_by_user.parquet, where each user's ratings are together, newest first) are read the same way.
+
+A whole column is read once per owner and then held, with what it costs logged and counted (`held_bytes`), so
+that indexing a split row by row can never turn into a whole-column read per row (issue 21).
 """
 
 from __future__ import annotations
 
-import weakref
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+MiB = 2**20
 
 
 def part_bounds(rows: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -47,31 +53,44 @@ def num_rows(path: Path) -> int:
 
 
 class SplitColumns(Mapping[str, np.ndarray]):
-    """One split's columns as whole numpy arrays, each read on first use and kept only while someone holds it.
+    """One split's columns as whole numpy arrays, each read from Parquet once, on first use, and held here.
 
-    The whole split is what baselines and ranking evaluation read (on rank 0, or for a sample of users);
-    training reads a rank's part instead (`read_range`), so a rank never holds the whole split unless it asks.
+    `columns["user"]` costs a read of the whole column the first time and nothing after, so a loop that indexes
+    rows (`columns["user"][i]`) reads the file once. What is held is logged at each read and counted by
+    `held_bytes`; a caller done with whole columns (baselines, one-off statistics) calls `release()`, and the
+    next access reads again. The whole split is what baselines and ranking evaluation read (on rank 0, or for
+    a sample of users); training reads a rank's part instead (`read_range`), and serving one user reads the
+    seen-movie index (`data/seen.py`), never a whole column.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._names = pq.ParquetFile(str(path)).schema_arrow.names
-        self._held: dict[str, weakref.ref] = {}
+        self._held: dict[str, np.ndarray] = {}
 
     def __getitem__(self, name: str) -> np.ndarray:
         if name not in self._names:
             raise KeyError(name)
-        column = self._held[name]() if name in self._held else None
-        if column is None:
-            column = read_range(self.path, 0, self.rows(), [name])[name]
-            self._held[name] = weakref.ref(column)
-        return column
+        if name not in self._held:
+            self._held[name] = read_range(self.path, 0, self.rows(), [name])[name]
+            log.info("read %s column %s whole: %s rows, %.1f MiB (%.1f MiB of its columns held)", self.path.name,
+                     name, f"{len(self._held[name]):,}", self._held[name].nbytes / MiB, self.held_bytes / MiB)  # fmt: skip
+        return self._held[name]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._names)
 
     def __len__(self) -> int:
         return len(self._names)
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of the whole columns this object holds now."""
+        return sum(column.nbytes for column in self._held.values())
+
+    def release(self) -> None:
+        """Stop holding every column read so far (arrays still referenced elsewhere live on there)."""
+        self._held.clear()
 
     def rows(self) -> int:
         """Rows of the split (from the file's footer, reading no column)."""

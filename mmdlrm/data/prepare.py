@@ -4,8 +4,9 @@ A prepared folder holds `train/val/test.parquet` (user, movie, rating, timestamp
 seeded random order in row groups of ROW_GROUP_ROWS, so that any contiguous range is a random sample and each
 rank reads only its own range), `train_by_user.parquet` (the training rows by user, newest first, each user in
 one row group: the history feature reads it), `users.parquet` and `movies.parquet` (original ids, titles, years,
-genre ids, and train-split sums and counts for the dense features), and `manifest.json` (counts, split, seed,
-source checksums, layout). Preparing the same release with the same settings twice gives byte-identical files.
+genre ids, and train-split sums and counts for the dense features), `seen_*.npy` (each user's movies per split,
+by user: see `seen`), and `manifest.json` (counts, split, seed, source checksums, layout). Preparing the same
+release with the same settings twice gives byte-identical files.
 
 `prepare` streams (see `streaming`): from a release folder it reads the ratings file a block at a time, checks
 each block as `read_release` checks the whole file (same messages, true line numbers), and regroups the ratings
@@ -29,7 +30,8 @@ import logging
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +54,7 @@ from mmdlrm.data.movielens import (
 )
 from mmdlrm.data.parts import SplitColumns, read_history
 from mmdlrm.data.ratings_stream import RATINGS_FILES, FolderRatings, ReleaseRatings
+from mmdlrm.data.seen import SeenMovies, UserMovies, load_seen, write_seen
 from mmdlrm.data.splits import SPLITS, check_split_sizes, cold_in_test, fold_assignment, split_rows
 from mmdlrm.data.streaming import CHUNK_ROWS, ROW_GROUP_ROWS, SplitRule, SplitStats, write_splits
 from mmdlrm.data.synthetic import generate
@@ -85,6 +88,7 @@ class Prepared:
     genres: list[str]
     rank: int = 0
     world_size: int = 1
+    _seen: dict[str, UserMovies] | None = field(default=None, repr=False)
 
     @property
     def num_users(self) -> int:
@@ -110,6 +114,21 @@ class Prepared:
     def history(self, length: int) -> tuple[np.ndarray, np.ndarray]:
         """Each user's `length` most recent training movies as CSR (offsets, values), read by row group."""
         return read_history(self.folder / "train_by_user.parquet", self.users["train_count"], length)
+
+    def seen(self, splits: Sequence[str] = SPLITS) -> SeenMovies:
+        """The movies each user rated in `splits`, by user (data/seen.py): memory-mapped, no split column read.
+
+        The folder's seen_*.npy index is opened on first use (and built there first if the folder predates it).
+
+        Raises:
+            ValueError: a name in `splits` is not a split.
+        """
+        unknown = [s for s in splits if s not in SPLITS]
+        if unknown:
+            raise ValueError(f"unknown split {unknown[0]!r}; the splits are {', '.join(SPLITS)}")
+        if self._seen is None:
+            self._seen = load_seen(self.folder, self.num_users)
+        return SeenMovies({s: self._seen[s] for s in splits})
 
 
 def prepare(
@@ -153,6 +172,7 @@ def prepare(
             ratings = FolderRatings(folder, kind, catalogue.movie_ids, on_bad_rows, catalogue.bad_rows, block_bytes)
         stats = write_splits(tmp, ratings, len(catalogue.movie_ids), rule, check, chunk_rows, progress)
         manifest = _write_tables(tmp, catalogue, stats)
+        write_seen(tmp, len(stats.user_ids))
         manifest["split"] = split_info
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         _swap_in(tmp, target)

@@ -14,7 +14,7 @@ the metrics reduced), popularity, EASE.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +23,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.retrieval import RetrievalHitRate, RetrievalNormalizedDCG, RetrievalRecall
 
 from mmdlrm.data.batches import BatchBuilder, SplitRows
+from mmdlrm.data.seen import SeenMovies
 from mmdlrm.distributed.env import DistEnv
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]
@@ -45,23 +46,25 @@ class RankingTarget:
 
 
 def ranking_target(
-    splits: dict[str, dict[str, np.ndarray]], split: str, relevant_threshold: float, max_users: int, seed: int = 0
+    held: Mapping[str, np.ndarray], seen: SeenMovies, split: str, relevant_threshold: float, max_users: int, seed: int = 0
 ) -> RankingTarget:
     """The ranking protocol for `split` (`val` or `test`): see the module docstring.
+
+    Args:
+        held: the split's whole `user`, `movie` and `rating` columns (each read once).
+        seen: the movies of the splits `EXCLUDED[split]`, by user (`Prepared.seen`): what is left out.
 
     Raises:
         ValueError: no user has a relevant movie in the split.
     """
-    held = splits[split]
-    liked = held["rating"] >= relevant_threshold
-    candidates = np.unique(held["user"][liked])
+    user, movie, rating = held["user"], held["movie"], held["rating"]
+    liked = rating >= relevant_threshold
+    candidates = np.unique(user[liked])
     if len(candidates) == 0:
         raise ValueError(f"no {split} rating reaches eval.relevant_threshold={relevant_threshold}: nothing to rank")
     rng = np.random.default_rng(seed)
     users = np.sort(rng.choice(candidates, min(max_users, len(candidates)), replace=False))
-    seen_user = np.concatenate([splits[s]["user"] for s in EXCLUDED[split]])
-    seen_movie = np.concatenate([splits[s]["movie"] for s in EXCLUDED[split]])
-    return RankingTarget(users, by_user(seen_user, seen_movie, users), by_user(held["user"][liked], held["movie"][liked], users))
+    return RankingTarget(users, seen.of_users(users), by_user(user[liked], movie[liked], users))
 
 
 def by_user(user: np.ndarray, movie: np.ndarray, users: np.ndarray) -> list[np.ndarray]:

@@ -1,16 +1,19 @@
-"""Per-rank input: each rank's part of a split, batches drawn from those parts, the history read by user."""
+"""Per-rank input: each rank's part of a split, batches drawn from those parts, the history read by user, whole
+columns read once per owner."""
 
 from __future__ import annotations
 
-import gc
-import weakref
+import logging
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 from mmdlrm.config import ModelConfig
+from mmdlrm.data import parts
 from mmdlrm.data.batches import BatchBuilder, BatchLoader, SplitRows, user_history, virtual_shards
+from mmdlrm.data.parts import SplitColumns
 from mmdlrm.data.prepare import load_prepared
 
 SPLITS = ("train", "val", "test")
@@ -117,13 +120,19 @@ def test_history_read_by_row_group_equals_the_in_memory_history(tiny_prepared):
     np.testing.assert_array_equal(history.numpy(), values)
 
 
-def test_whole_split_columns_are_read_on_demand_and_not_kept(tiny_prepared):
-    columns = tiny_prepared.splits["test"]
-    assert sorted(columns) == ["movie", "rating", "timestamp", "user"]
-    user = columns["user"]
-    assert columns["user"] is user  # read once while someone holds it
-    released = weakref.ref(user)
-    del user
-    gc.collect()
-    assert released() is None  # not kept by the split: a rank holds a whole column only while it uses it
-    assert len(columns["rating"]) == tiny_prepared.split_rows("test")
+def test_a_whole_column_indexed_row_by_row_costs_one_parquet_read(tiny_prepared, monkeypatch, caplog):
+    columns = SplitColumns(tiny_prepared.split_path("test"))  # an owner of its own: the fixture's is shared
+    assert sorted(columns) == ["movie", "rating", "timestamp", "user"] and columns.held_bytes == 0
+    reads = []
+    real = parts.read_range
+    monkeypatch.setattr(parts, "read_range", lambda path, *args: reads.append(path.name) or real(path, *args))
+    caplog.set_level(logging.INFO, logger="mmdlrm.data.parts")
+    total = sum(int(columns["user"][i]) for i in range(columns.rows()))  # the per-row loop of issue 21
+    assert reads == ["test.parquet"]
+    assert total == int(pq.read_table(tiny_prepared.split_path("test"))["user"].to_numpy().sum())
+    assert columns.held_bytes == columns["user"].nbytes and "test.parquet column user whole" in caplog.text
+    columns["rating"]
+    assert reads == ["test.parquet"] * 2 and columns.held_bytes == 2 * 4 * columns.rows()  # int32 + float32
+    columns.release()
+    assert columns.held_bytes == 0
+    assert len(columns["rating"]) == tiny_prepared.split_rows("test") and len(reads) == 3  # released: read again

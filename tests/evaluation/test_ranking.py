@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from mmdlrm.data.seen import SeenMovies, user_movies
 from mmdlrm.evaluation.ease import Ease, ease_weights, fit_ease, interactions
 from mmdlrm.evaluation.ranking import RankingMetrics, RankingTarget, evaluate_ranking, ranking_target
 
@@ -69,11 +70,12 @@ def test_ranking_target_excludes_training_and_validation_movies_from_test():
         "val": {"user": np.array([0, 1]), "movie": np.array([3, 4]), "rating": np.array([4.0, 5.0])},
         "test": {"user": np.array([0, 0, 1, 2]), "movie": np.array([4, 5, 0, 0]), "rating": np.array([4.5, 2.0, 4.0, 1.0])},
     }
-    target = ranking_target(splits, "test", relevant_threshold=4.0, max_users=10)
+    seen = SeenMovies({s: user_movies(splits[s]["user"], splits[s]["movie"], 3) for s in ("train", "val")})
+    target = ranking_target(splits["test"], seen, "test", relevant_threshold=4.0, max_users=10)
     assert target.users.tolist() == [0, 1]  # user 2 has nothing relevant in test
-    assert [sorted(e.tolist()) for e in target.exclude] == [[1, 2, 3], [3, 4]]
+    assert [e.tolist() for e in target.exclude] == [[1, 2, 3], [3, 4]]
     assert [r.tolist() for r in target.relevant] == [[4], [0]]
-    assert len(ranking_target(splits, "test", 4.0, max_users=1, seed=3).users) == 1
+    assert len(ranking_target(splits["test"], seen, "test", 4.0, max_users=1, seed=3).users) == 1
 
 
 def test_ease_weights_equal_the_closed_form_solved_by_hand():

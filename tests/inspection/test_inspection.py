@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -74,6 +75,19 @@ def test_recommendations_skip_seen_movies_and_unknown_users_are_explained(run, c
         assert set(line.split()[-1].split("|")) <= genre_names, line
     assert main(["inspect", "movies", str(run), "--movie", "123456789"]) == 2
     assert "movie 123456789 is not in this model's catalogue" in capsys.readouterr().err
+
+
+def test_recommending_for_one_user_reads_no_whole_split_column(run, parquet_reads):
+    opened = open_run(run)
+    parquet_reads.clear()
+    for position in (0, 7, opened.data.num_users - 1):
+        items, _ = recommend(opened, int(opened.data.users["user_id"][position]), k=10)
+        rated = set(np.concatenate([pq.read_table(opened.data.split_path(s), filters=[("user", "=", position)])["movie"].to_numpy()
+                                    for s in ("train", "val", "test")]).tolist())  # fmt: skip
+        assert parquet_reads == ["train.parquet", "val.parquet", "test.parquet"]  # the check's own reads, no more
+        parquet_reads.clear()
+        index = {int(m): i for i, m in enumerate(opened.data.movies["movie_id"])}
+        assert len(items) == 10 and not rated & {index[r.movie_id] for r in items}
 
 
 def test_inspect_ranking_on_the_run(run, capsys):
