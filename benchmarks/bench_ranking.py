@@ -28,6 +28,7 @@ from mmdlrm.distributed.env import init_distributed, teardown  # noqa: E402
 from mmdlrm.inspection.commands import inspect_ranking  # noqa: E402
 from mmdlrm.inspection.recommend import recommend  # noqa: E402
 from mmdlrm.inspection.run import open_run  # noqa: E402
+from mmdlrm.retrieval.recommenders import recommender_for  # noqa: E402
 from mmdlrm.run_folder import RunFinished  # noqa: E402
 from mmdlrm.train import train  # noqa: E402
 
@@ -78,7 +79,8 @@ def main() -> None:
     overlap = {}
     if args.users:
         opened = open_run(runs["ranking"])
-        lists = {u: {r.movie_id for r in recommend(opened, u, k=10)[0]} for u in args.users}
+        recommender = recommender_for(opened)
+        lists = {u: {r.movie_id for r in recommend(recommender, u, k=10)[0]} for u in args.users}
         overlap = {f"{a}&{b}": len(lists[a] & lists[b]) for a, b in itertools.combinations(args.users, 2)}
     print(f"\nrelease {args.source}: {rows[0]['users']} test users, full ranking")
     print_table(rows, ["model", "recall@10", "recall@20", "ndcg@10", "ndcg@20", "hit_rate@20", "recall@20_vs_popularity"])

@@ -79,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="one self-contained HTML page for a run (<run>/report.html)")
     report.add_argument("run", type=Path, help="run folder written by `mmdlrm train`")
     report.add_argument("--out", type=Path, help="HTML file to write (default <run>/report.html)")
+    report.add_argument("--ranker", type=Path, help="for a retrieval run: the run that re-ranks its candidates in the sample lists")
 
     export = sub.add_parser("export", help="write a run's best model as one plain file (<run>/model.pt)")
     export.add_argument("run", type=Path, help="run folder written by `mmdlrm train`")
@@ -157,7 +158,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "report":
         from mmdlrm.inspection.report import write_report
 
-        log.info("wrote %s", write_report(args.run, args.out))
+        log.info("wrote %s", write_report(args.run, args.out, ranker=args.ranker))
         return 0
     if args.command == "recommend" and args.all_users:
         return _recommend_all(args)

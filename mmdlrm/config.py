@@ -155,7 +155,7 @@ class RetrievalConfig:
     """FAISS index of the movie vectors: `flat` (exact inner-product search), `ivf` (inverted lists, searches
     `nprobe` of `ivf_lists` cells) or `hnsw` (graph); the approximate ones are for large catalogues."""
     ivf_lists: int = 0
-    """Cells of the `ivf` index; 0: about 4 * sqrt(movies)."""
+    """Cells of the `ivf` index; 0: about 4 * sqrt(movies) (at most movies / 39, so each cell trains on enough)."""
     nprobe: int = 16
     """Cells an `ivf` search visits (also HNSW's efSearch / 4)."""
     hnsw_m: int = 32

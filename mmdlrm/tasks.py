@@ -383,6 +383,7 @@ class RetrievalTask(RankingTask):
             expected = local * popularity / popularity.sum() + drawn / data.num_movies
             self.log_q = torch.log(torch.from_numpy(expected).float().clamp_min(1e-12))
         rows = SplitRows.from_prepared(data, "train").where(torch.from_numpy(keep))
+        train.release()  # every rank read the whole split for the popularity: not held through training
         return BatchLoader(builder, rows, batch_size, shuffle=True, seed=seed, rank=env.rank, world_size=env.world_size,
                            leave_one_out=True, negatives=sampler)  # fmt: skip
 

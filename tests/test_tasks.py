@@ -87,3 +87,32 @@ def test_ranking_positives_follow_the_threshold():
     assert _ranking("bce").positives(data).tolist() == [True] * 4
     strict = RankingTask(ModelConfig(task="ranking", ranking=RankingConfig(positive_threshold=4.0)), EvalConfig())
     assert strict.positives(data).tolist() == [True, False, True, False]
+
+
+@pytest.mark.parametrize("negatives", ["in_batch", "sampled", "catalogue"])
+def test_retrieval_log_q_correction_against_a_hand_computed_case(tiny_prepared, negatives):
+    """Sampled candidates are corrected by the log of their expected copies among a batch's candidates: batch x
+    popularity share for the in-batch positives, plus drawn / movies for the uniform draws; the whole catalogue
+    needs no correction."""
+    from mmdlrm.config import RetrievalConfig
+    from mmdlrm.distributed.env import DistEnv
+
+    cfg = ModelConfig(task="retrieval", user_id=False, history_length=5,
+                      retrieval=RetrievalConfig(negatives=negatives, sampled=64))  # fmt: skip
+    task = RetrievalTask(cfg, EvalConfig())
+    task.training_loader(task.builder(tiny_prepared), tiny_prepared, 32, 0, DistEnv(0, 1, 0, torch.device("cpu")))
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.5, 0.5, 3.0]])
+    labels, movies = torch.tensor([0, 2]), torch.tensor([4, 9, 4])
+    if negatives == "catalogue":
+        assert task.log_q is None
+        correction = [0.0, 0.0, 0.0]
+    else:
+        counts = np.bincount(np.asarray(tiny_prepared.splits["train"]["movie"]), minlength=tiny_prepared.num_movies)
+        drawn = 64 if negatives == "sampled" else 0  # 2 per row of 32
+        expected = 32 * counts / counts.sum() + drawn / tiny_prepared.num_movies
+        correction = [math.log(expected[m]) for m in movies.tolist()]
+    by_hand = []
+    for row, label in zip(logits.tolist(), labels.tolist()):
+        z = [v - c for v, c in zip(row, correction)]
+        by_hand.append(-(z[label] - math.log(sum(math.exp(v) for v in z))))
+    assert task.loss(logits, labels, movies).item() == pytest.approx(sum(by_hand) / 2, rel=1e-5)

@@ -110,7 +110,7 @@ def _movie_position(run: Run, movie_id: int) -> int:
     ids = run.data.movies["movie_id"]
     position = int(np.searchsorted(ids, movie_id))
     if position >= len(ids) or ids[position] != movie_id:
-        raise UnknownIdError(f"movie {movie_id} is not in this run's catalogue ({len(ids):,} movies, ids {ids[0]}..{ids[-1]})")
+        raise UnknownIdError(f"movie {movie_id} is not in this model's catalogue ({len(ids):,} movies, ids {ids[0]}..{ids[-1]})")
     return position
 
 

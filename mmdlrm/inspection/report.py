@@ -17,6 +17,7 @@ from mmdlrm.inspection.commands import planted_truth
 from mmdlrm.inspection.embeddings import genre_report, plot_genres
 from mmdlrm.inspection.recommend import recommend
 from mmdlrm.inspection.run import Run, open_run
+from mmdlrm.retrieval.recommenders import Recommender, recommender_for
 
 TEMPLATE = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True).from_string("""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>mmdlrm run {{ name }}</title>
@@ -45,10 +46,10 @@ TEMPLATE = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=T
 {% if ranking %}
 <h2>Ranking ({{ ranking.model.users }} test users, full ranking; <code>mmdlrm inspect ranking</code>)</h2>
 <table><tr><th></th>{% for n in ranking_names %}<th>{{ n }}</th>{% endfor %}</tr>
-{% for who, label in [("popularity", "popularity"), ("ease", "EASE"), ("model", "DLRM")] %}{% if who in ranking %}<tr><td>{{ label }}</td>{% for n in ranking_names %}<td class="num">{{ "%.4f" | format(ranking[who][n]) }}</td>{% endfor %}</tr>{% endif %}{% endfor %}
+{% for who, label in ranking_rows %}<tr><td>{{ label }}</td>{% for n in ranking_names %}<td class="num">{{ "%.4f" | format(ranking[who][n]) }}</td>{% endfor %}</tr>{% endfor %}
 </table>
 {% endif %}
-<h2>Sample recommendations</h2>
+<h2>Sample recommendations ({{ recommender }})</h2>
 {% for user, items in recommendations %}
 <h3>user {{ user }}</h3>
 <table><tr><th>#</th><th>movieId</th><th>title</th><th>genres</th><th>score</th></tr>
@@ -65,9 +66,11 @@ def data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
-def write_report(folder: str | Path, out: str | Path | None = None, sample_users: int = 3) -> Path:
-    """Write `<run>/report.html` (or `out`); genre plots are made if the run has none yet."""
+def write_report(folder: str | Path, out: str | Path | None = None, sample_users: int = 3, ranker: str | Path | None = None) -> Path:
+    """Write `<run>/report.html` (or `out`); genre plots are made if the run has none yet. The sample lists come
+    from the run's recommender (its index for a retrieval run, re-ranked by the `ranker` run if given)."""
     run = open_run(folder)
+    recommender = recommender_for(run, open_run(ranker) if ranker is not None else None)
     genres = genre_report(run.model, planted_truth(run))
     heatmap, projection = plot_genres(genres, run.folder / "plots")
     ranking_path = run.folder / "ranking.json"
@@ -86,8 +89,10 @@ def write_report(folder: str | Path, out: str | Path | None = None, sample_users
         planted=genres.planted_correlation,
         nearest=[(n, ", ".join(f"{m} {s:.2f}" for m, s in genres.nearest(n))) for n in genres.names],
         ranking=ranking,
+        ranking_rows=_ranking_rows(ranking or {}),
         ranking_names=[n for n in (ranking or {}).get("model", {}) if n != "users"],
-        recommendations=_samples(run, sample_users),
+        recommender=recommender.name,
+        recommendations=_samples(recommender, sample_users),
         config=yaml.safe_dump(_config(run), sort_keys=False),
     )
     out = Path(out) if out else run.folder / "report.html"
@@ -95,10 +100,16 @@ def write_report(folder: str | Path, out: str | Path | None = None, sample_users
     return out
 
 
-def _samples(run: Run, count: int) -> list[tuple[int, list]]:
-    users = run.data.users["user_id"]
+def _ranking_rows(ranking: dict) -> list[tuple[str, str]]:
+    """(key, label) of each model `inspect ranking` wrote into ranking.json, baselines first."""
+    labels = {"popularity": "popularity", "ease": "EASE", "model": "DLRM"} | ranking.get("labels", {})
+    return [(key, labels[key]) for key in ("popularity", "ease", "model", "ranker", "pipeline") if key in ranking]
+
+
+def _samples(recommender: Recommender, count: int) -> list[tuple[int, list]]:
+    users = recommender.run.data.users["user_id"]
     picks = users[:: max(1, len(users) // count)][:count]
-    return [(int(u), recommend(run, int(u), k=10)[0]) for u in picks]
+    return [(int(u), recommend(recommender, int(u), k=10)[0]) for u in picks]
 
 
 def _config(run: Run) -> dict:

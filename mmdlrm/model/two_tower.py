@@ -45,6 +45,7 @@ class Tower(nn.Module):
     ) -> None:
         super().__init__()
         self.ebc = EmbeddingBagCollection(tables=tables, device=sparse_device)
+        self.keys = [name for t in tables for name in t.feature_names]
         width = sum(t.embedding_dim * len(t.feature_names) for t in tables) + dense_in + extra_in
         layers: list[nn.Module] = []
         for size in arch:
@@ -55,7 +56,8 @@ class Tower(nn.Module):
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor, extra: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Unit vectors (B x out) and the batch mean of the squared norms of the pooled embeddings (for the L2)."""
-        pooled = self.ebc(sparse).values()
+        by_key = self.ebc(sparse).to_dict()  # a sharded collection may return its keys in another order
+        pooled = torch.cat([by_key[k] for k in self.keys], dim=1)
         squares = pooled.pow(2).sum(dim=1).mean().nan_to_num(0.0)  # 0 for an empty batch
         parts = [pooled, dense] if extra is None else [pooled, dense, extra]
         return nn.functional.normalize(self.mlp(torch.cat(parts, dim=1)), dim=1), squares

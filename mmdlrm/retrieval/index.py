@@ -96,8 +96,8 @@ def build_index(vectors: np.ndarray, cfg: RetrievalConfig) -> faiss.Index:
     if cfg.index == "flat":
         index = faiss.IndexFlatIP(dim)
     elif cfg.index == "ivf":
-        lists = cfg.ivf_lists or max(1, int(4 * math.sqrt(count)))
-        lists = min(lists, count)
+        # FAISS's rule of thumb: about 4 sqrt(n) cells, each trained from at least 39 vectors
+        lists = min(cfg.ivf_lists or max(1, min(int(4 * math.sqrt(count)), count // 39)), count)
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
         index.train(vectors)
         index.nprobe = cfg.nprobe

@@ -17,6 +17,7 @@ from mmdlrm.data.synthetic import PlantedTruth
 from mmdlrm.inspection.embeddings import GenreReport, cosine_similarity, genre_report, planted_correlation
 from mmdlrm.inspection.recommend import UnknownIdError, recommend
 from mmdlrm.inspection.run import open_run
+from mmdlrm.retrieval.recommenders import recommender_for
 
 REPO = Path(__file__).resolve().parents[2]
 THRESHOLD = 0.5
@@ -53,13 +54,13 @@ def test_learnt_genre_similarity_follows_the_planted_one(run, capsys):
 def test_recommendations_skip_seen_movies_and_unknown_users_are_explained(run, capsys):
     opened = open_run(run)
     user_id = int(opened.data.users["user_id"][5])
-    items, fallback = recommend(opened, user_id, k=10)
+    items, fallback = recommend(recommender_for(opened), user_id, k=10)
     assert len(items) == 10 and not fallback and items == sorted(items, key=lambda r: -r.score)
     train = opened.data.splits["train"]
     seen = set(opened.data.movies["movie_id"][train["movie"][train["user"] == 5]].tolist())
     assert not seen & {r.movie_id for r in items}
     with pytest.raises(UnknownIdError, match="user 99999999 is not in this run's data .*--popular-if-unknown"):
-        recommend(opened, 99_999_999)
+        recommend(recommender_for(opened), 99_999_999)
     assert main(["recommend", str(run), "--user", "99999999"]) == 2
     assert main(["recommend", str(run), "--user", "99999999", "--popular-if-unknown", "-k", "3"]) == 0
     out = capsys.readouterr().out
@@ -79,9 +80,10 @@ def test_recommendations_skip_seen_movies_and_unknown_users_are_explained(run, c
 
 def test_recommending_for_one_user_reads_no_whole_split_column(run, parquet_reads):
     opened = open_run(run)
+    recommender = recommender_for(opened)
     parquet_reads.clear()
     for position in (0, 7, opened.data.num_users - 1):
-        items, _ = recommend(opened, int(opened.data.users["user_id"][position]), k=10)
+        items, _ = recommend(recommender, int(opened.data.users["user_id"][position]), k=10)
         rated = set(np.concatenate([pq.read_table(opened.data.split_path(s), filters=[("user", "=", position)])["movie"].to_numpy()
                                     for s in ("train", "val", "test")]).tolist())  # fmt: skip
         assert parquet_reads == ["train.parquet", "val.parquet", "test.parquet"]  # the check's own reads, no more
