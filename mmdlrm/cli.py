@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     from mmdlrm.data.tables import DataError
     from mmdlrm.distributed.checkpoint import CheckpointError
     from mmdlrm.features.encoders import FeatureError
+    from mmdlrm.folders import FolderBusy, NoSpace
     from mmdlrm.run_folder import RunFinished
 
     try:
@@ -134,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mmdlrm {args.command}: interrupted;{again.get(args.command, ' nothing was left half-written')}",
               file=sys.stderr)  # fmt: skip
         return 130
-    except (ConfigError, DataError, CheckpointError, FeatureError, FileNotFoundError, KeyError) as err:
+    except (ConfigError, DataError, CheckpointError, FeatureError, FileNotFoundError, KeyError, FolderBusy,
+            NoSpace) as err:  # fmt: skip
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"mmdlrm {args.command}: error: {message}", file=sys.stderr)
         return 2
