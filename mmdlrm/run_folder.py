@@ -13,6 +13,7 @@ Starting a run decides once, on rank 0, between:
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -25,8 +26,8 @@ RESULTS = "results.json"
 METRICS = "metrics.jsonl"
 CONFIG = "config.yaml"
 OUTPUTS = (
-    "checkpoints", RESULTS, METRICS, "plan.txt", "plots", "tensorboard", "model.pt", "report.html", "ranking.json",
-    "genres.json",
+    "checkpoints", RESULTS, METRICS, "plan.txt", "plots", "tensorboard", "model.pt", "model.pt.sha256", "report.html",
+    "ranking.json", "genres.json",
 )  # fmt: skip
 """What mmdlrm writes into a run folder: all that starting a run afresh may remove."""
 OUTPUT_FOLDERS = ("checkpoints", "plots", "tensorboard")
@@ -160,12 +161,24 @@ def rewrite_epochs(run_dir: Path, records: list[dict]) -> None:
 
 
 def write_results(run_dir: Path, results: dict) -> Path:
-    """results.json, written last: its presence marks the run finished."""
+    """results.json, written last: its presence marks the run finished. A metric that is not a number (NaN, such as
+    an AUC over one class) is written as null: bare NaN is not JSON."""
     path = run_dir / RESULTS
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.write_text(json.dumps(finite(results), indent=2, allow_nan=False) + "\n")
     tmp.replace(path)
     return path
+
+
+def finite(tree: object) -> object:
+    """`tree` with every float that is NaN or infinite replaced by None (JSON's null)."""
+    if isinstance(tree, float):
+        return tree if math.isfinite(tree) else None
+    if isinstance(tree, dict):
+        return {k: finite(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [finite(v) for v in tree]
+    return tree
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

@@ -34,7 +34,7 @@ from mmdlrm.config import ConfigError, RunConfig, check_run_name, load_config, r
 from mmdlrm.distributed.env import DistEnv, rank0_decides
 from mmdlrm.folders import FolderLock, naming_full_disk
 from mmdlrm.inspection.plots import plot_sweep
-from mmdlrm.run_folder import RESULTS, RunFinished
+from mmdlrm.run_folder import RESULTS, RunFinished, finite
 from mmdlrm.tasks import build_task
 
 log = logging.getLogger("mmdlrm")
@@ -145,7 +145,7 @@ def _sweep(config, combos: list[list[str]], overrides: list[str], env: DistEnv, 
     }  # fmt: skip
     if env.is_rank0:
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "sweep.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (folder / "sweep.json").write_text(json.dumps(finite(summary), indent=2, allow_nan=False) + "\n")
         (folder / "sweep.md").write_text(table(summary) + "\n")
         plot_sweep([p.name for p in results], [p.val for p in results], [p.test[task.monitor] for p in results],
                    task.monitor, pick.name, folder / "sweep.png")  # fmt: skip

@@ -139,6 +139,9 @@ def build(cfg: RunConfig, env: DistEnv) -> Setup:
         DataError: a split too small to train or to evaluate on.
     """
     data = build_data(cfg, env)
+    if cfg.model.demographics and not data.manifest["counts"].get("user_features"):
+        log0(env, "model.demographics: %s has no users file (ml-100k's u.user, ml-1m's users.dat); training without "
+             "age, gender, occupation and zip", data.manifest["source"]["folder"])  # fmt: skip
     task = build_task(cfg.model, cfg.eval)
     builder = BatchBuilder(data, cfg.model, task.label)
     loader = task.training_loader(builder, data, cfg.train.batch_size, cfg.train.seed, env)
@@ -205,6 +208,9 @@ def _train(cfg: RunConfig, env: DistEnv) -> TrainResult:
     checkpoints = run_dir / "checkpoints"
     while not state.done:
         record = _train_epoch(model, optimizer, setup.loader, state, cfg, env, checkpoints / "last", board, schedule)
+        note = task.epoch_note()
+        if note is not None and env.is_rank0:
+            log.warning("epoch %d: %s", state.epoch, note)
         record["val"], _, _ = task.evaluate(model, "val", setup.evaluation)
         value = record["val"][task.monitor]
         improved = task.better(value, state.best_value)

@@ -242,7 +242,7 @@ class _Catalogue:
         if kind == "csv" and (folder / "links.csv").is_file():
             read_links(folder / "links.csv", bad)
             files.append(folder / "links.csv")
-        users = read_users(folder, kind)
+        users = read_users(folder, kind, on_bad_rows, bad)
         if users is not None:
             files.append(folder / USER_FILES[kind])
         return cls(folder, kind, _sorted_movies(movies, files[1]), users, [f for f in files if f.is_file()], bad)
