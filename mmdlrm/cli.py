@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     from mmdlrm.data.tables import DataError
     from mmdlrm.distributed.checkpoint import CheckpointError
     from mmdlrm.features.encoders import FeatureError
+    from mmdlrm.folders import FolderBusy, NoSpace
     from mmdlrm.retrieval.index import IndexFileError
     from mmdlrm.run_folder import RunFinished
 
@@ -146,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mmdlrm {args.command}: interrupted;{again.get(args.command, ' nothing was left half-written')}",
               file=sys.stderr)  # fmt: skip
         return 130
-    except (ConfigError, DataError, CheckpointError, FeatureError, FileNotFoundError, KeyError, IndexFileError) as err:
+    except (ConfigError, DataError, CheckpointError, FeatureError, FileNotFoundError, KeyError, IndexFileError, FolderBusy,
+            NoSpace) as err:  # fmt: skip
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"mmdlrm {args.command}: error: {message}", file=sys.stderr)
         return 2
@@ -294,6 +296,13 @@ def _summaries(args: argparse.Namespace) -> int:
     if args.links is not None and not args.links.exists():
         raise ConfigError(f"--links {args.links}: no such file or folder; give a MovieLens links.csv or the release "
                           "folder holding it, or leave --links out")  # fmt: skip
+    expected = {"--tmdb": (args.tmdb, "a TMDB movies CSV with id and overview columns"),
+                "--melu": (args.melu, "MeLU's movies_extrainfos.dat"),
+                "--dbpedia": (args.dbpedia, inputs.DBPEDIA_SHAPE)}  # fmt: skip
+    for option, (path, what) in expected.items():
+        if path is not None and not path.is_file():
+            found = "a folder, not a file" if path.is_dir() else "no such file"
+            raise ConfigError(f"{option} {path}: {found}; give {what}")
     links = args.links / "links.csv" if args.links is not None and args.links.is_dir() else args.links
     if args.tmdb is not None:
         if links is None:
@@ -321,7 +330,11 @@ def _summaries(args: argparse.Namespace) -> int:
         catalogue = set(read_links(links)["movie_id"].to_pylist())
         dropped = len({m for texts in sources.values() for m in texts} - catalogue)
         sources = {name: {m: t for m, t in texts.items() if m in catalogue} for name, texts in sources.items()}
+    given = ", ".join(sources)
     sources = {name: texts for name, texts in sources.items() if texts}
+    if not sources:
+        left_out = f" ({dropped:,} movies not in {links} left out)" if dropped else ""
+        raise ConfigError(f"no movie has a text in {given}{left_out}; nothing was written to {args.out}")
     inputs.write_passages(sources, args.out)
     movies = len({m for texts in sources.values() for m in texts})
     counts = ", ".join(f"{name} {len(texts):,}" for name, texts in sources.items())

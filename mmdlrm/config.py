@@ -18,10 +18,12 @@ from typing import Any, Literal
 
 import yaml
 
-from mmdlrm.schema import COUNT_BUCKETS, COUNT_FEATURES, DEMOGRAPHIC_FEATURES, TABLE_FEATURES
+from mmdlrm.schema import COUNT_BUCKETS, COUNT_FEATURES, DEMOGRAPHIC_FEATURES, RATING_RANGE, TABLE_FEATURES
 
 SYNTHETIC = "synthetic"
 RUN_NAME = re.compile(r"[A-Za-z0-9._-]+")
+RUN_NAME_MAX = 100
+"""The longest run or sweep name: each becomes a folder name (file systems allow 255 bytes), with room beside it."""
 
 
 class ConfigError(ValueError):
@@ -118,6 +120,12 @@ class RankingConfig:
             raise ConfigError(f"model.ranking.negatives must be >= 1, got {self.negatives}")
         if self.alpha < 0:
             raise ConfigError(f"model.ranking.alpha must be >= 0, got {self.alpha}")
+        lo, hi = RATING_RANGE
+        if self.positive_threshold is not None and not lo <= self.positive_threshold <= hi:
+            raise ConfigError(
+                f"model.ranking.positive_threshold must be a rating in {lo}..{hi} (training ratings at or above it are "
+                f"the positives), got {self.positive_threshold}; or leave it unset: every rating is a positive"
+            )
 
 
 INDEX_KINDS = ("flat", "ivf", "hnsw")
@@ -480,16 +488,50 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
-        if not RUN_NAME.fullmatch(self.name) or self.name in (".", ".."):
-            raise ConfigError(
-                f"name={self.name!r}: a run name is one folder name (letters, digits, '.', '_', '-'), so that the run "
-                f"stays inside output_dir; use e.g. name=my-run, and output_dir=... to put runs elsewhere"
-            )
+        check_run_name(self.name)
 
     @property
     def run_dir(self) -> Path:
         """Folder holding this run's config, metrics, checkpoint and plots."""
         return Path(self.output_dir) / self.name
+
+
+def check_run_name(name: str, key: str = "name") -> None:
+    """Refuse a run (or sweep) name that is not one folder name of at most RUN_NAME_MAX characters.
+
+    Raises:
+        ConfigError: naming `key` (the config key or option that gave the name).
+    """
+    if not RUN_NAME.fullmatch(name) or name in (".", ".."):
+        raise ConfigError(
+            f"{key}={name!r}: a run name is one folder name (letters, digits, '.', '_', '-'), so that the run "
+            f"stays inside output_dir; use e.g. {key}=my-run, and output_dir=... to put runs elsewhere"
+        )
+    if len(name) > RUN_NAME_MAX:
+        raise ConfigError(
+            f"{key}={name[:20]}...: {len(name)} characters; a run name has at most {RUN_NAME_MAX} (it becomes a folder "
+            f"name, and file systems cap those); give a shorter {key}=..."
+        )
+
+
+def read_yaml(path: Path) -> Any:
+    """The YAML document in `path`.
+
+    Raises:
+        ConfigError: not valid YAML, naming the file, the line and column, and where the construct began.
+    """
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02X}); is it a YAML file?") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err)
+        start = getattr(err, "context_mark", None)
+        if start is not None and mark is not None and start.line != mark.line:
+            problem += f", {err.context} that began on line {start.line + 1}"
+        raise ConfigError(f"{path}{where}: not valid YAML ({problem}); fix the file there") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -505,16 +547,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} not found; the configs/ folder lists the shipped ones")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(err, "problem", None) or str(err)
-            start = getattr(err, "context_mark", None)
-            if start is not None and mark is not None and start.line != mark.line:
-                problem += f", {err.context} that began on line {start.line + 1}"
-            raise ConfigError(f"{path}{where}: not valid YAML ({problem}); fix the file there") from None
+        loaded = read_yaml(path)
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
         tree = loaded or {}

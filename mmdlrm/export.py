@@ -2,11 +2,13 @@
 
 `mmdlrm export runs/<name>` gathers the best checkpoint's shards (written by any number of processes) into full
 tensors and saves them with what is needed to use them without the run folder: the config, the table sizes,
-the genre names, and the raw MovieLens ids and titles behind the contiguous user and movie ids.
+the genre names, and the raw MovieLens ids and titles behind the contiguous user and movie ids. Its SHA-256 sum
+goes beside it (`model.pt.sha256`, as `sha256sum` writes it), so that loading names a damaged or cut-short file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -80,15 +82,33 @@ def export_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     out = Path(out) if out else run_dir / "model.pt"
     tmp = out.with_name(out.name + ".tmp")
     torch.save(payload, tmp)
+    sums, sums_tmp = _sums(out), _sums(tmp)
+    sums_tmp.write_text(f"{_sha256(tmp)}  {out.name}\n")  # the `sha256sum -c` format: load_exported checks it
     tmp.replace(out)
+    sums_tmp.replace(sums)  # a crash between the two renames leaves a mismatch: named on load, fixed by exporting
     return out
 
 
 def load_exported(path: str | Path) -> ExportedModel:
-    """Load a file written by `export_run` (tensors only: no code is unpickled)."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if payload.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: export format {payload.get('format_version')}, this mmdlrm reads {FORMAT_VERSION}")
+    """Load a file written by `export_run` (tensors only: no code is unpickled), checked against the SHA-256 sum
+    written beside it (`model.pt.sha256`) where that is there.
+
+    Raises:
+        CheckpointError: the file is empty, damaged or cut short, or from another export format; the message says
+            to export again.
+    """
+    path = Path(path)
+    again = (f"run `mmdlrm export {path.parent}` again" if path.name == "model.pt"
+             else f"export it again (`mmdlrm export <run> --out {path}`)")  # fmt: skip
+    _check_sum(path, again)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a cut-short zip gives RuntimeError, EOFError or OSError, depending on where it ends
+        raise checkpoint.CheckpointError(f"{path}: cannot be read ({type(err).__name__}: {err}); the file is damaged "
+                                         f"or was cut short: {again}") from None  # fmt: skip
+    if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
+        found = payload.get("format_version") if isinstance(payload, dict) else None
+        raise checkpoint.CheckpointError(f"{path}: export format {found}, this mmdlrm reads {FORMAT_VERSION}; {again}")
     cfg = from_dict(payload["config"], source=str(path))
     vocab = Vocab(**{k: tuple(map(tuple, v)) if k == "extra" else v for k, v in payload["vocab"].items()})
     content = {m: MovieVectors(c["vectors"], c["missing"], c["model"]) for m, c in payload.get("content", {}).items()}
@@ -97,6 +117,36 @@ def load_exported(path: str | Path) -> ExportedModel:
     module.eval()
     return ExportedModel(module, module.objective, cfg, vocab, payload["genres"], payload["user_ids"], payload["movie_ids"],
                          payload["titles"], payload["meta"])  # fmt: skip
+
+
+def _sums(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_sum(path: Path, again: str) -> None:
+    """Refuse a missing or empty export, or one whose SHA-256 differs from the sum written beside it at export."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file; write it with `mmdlrm export <run>`")
+    if path.stat().st_size == 0:
+        raise checkpoint.CheckpointError(f"{path}: the file is empty (an export cut short?); {again}")
+    sums = _sums(path)
+    if not sums.is_file():
+        return  # copied without its sum: torch.load's own checks remain
+    expected = sums.read_text().split()[:1]
+    actual = _sha256(path)
+    if expected != [actual]:
+        raise checkpoint.CheckpointError(
+            f"{path}: the file is damaged or was cut short ({path.stat().st_size:,} bytes, sha256 {actual[:12]}; the "
+            f"export wrote sha256 {(expected or ['?'])[0][:12]}, see {sums.name}); {again}"
+        )
 
 
 def _task(cfg: RunConfig, vocab: Vocab, content: dict[str, MovieVectors]) -> nn.Module:

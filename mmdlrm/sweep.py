@@ -30,10 +30,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from mmdlrm.config import ConfigError, RunConfig, load_config
-from mmdlrm.distributed.env import DistEnv
+from mmdlrm.config import ConfigError, RunConfig, check_run_name, load_config, read_yaml
+from mmdlrm.distributed.env import DistEnv, rank0_decides
+from mmdlrm.folders import FolderLock, naming_full_disk
 from mmdlrm.inspection.plots import plot_sweep
-from mmdlrm.run_folder import RESULTS, RunFinished
+from mmdlrm.run_folder import RESULTS, RunFinished, finite
 from mmdlrm.tasks import build_task
 
 log = logging.getLogger("mmdlrm")
@@ -60,7 +61,7 @@ def read_grid(path: str | Path) -> list[list[str]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"grid file {path} not found")
-    grid = yaml.safe_load(path.read_text())
+    grid = read_yaml(path)
     if isinstance(grid, list) and grid and all(isinstance(p, dict) for p in grid):
         return [[_override(k, v) for k, v in point.items()] for point in grid]
     if not isinstance(grid, dict) or not grid:
@@ -84,15 +85,48 @@ def _override(key: str, value: object) -> str:
 
 
 def sweep(config: str | Path | None, grid_path: str | Path, overrides: list[str], env: DistEnv, name: str | None = None) -> dict:
-    """Train every point of the grid, choose on validation, write the table and plot; returns sweep.json's content."""
-    from mmdlrm.train import train
+    """Train every point of the grid, choose on validation, write the table and plot; returns sweep.json's content.
 
+    The sweep folder is held by this sweep alone (rank 0 holds it for every rank), as each point's run folder is.
+
+    Raises:
+        FolderBusy: another process is running this sweep.
+        NoSpace: the disk filled up; finished points are kept and the same command continues.
+    """
     combos = read_grid(grid_path)
     base = load_config(config, overrides)
     sweep_name = name or Path(grid_path).stem
+    try:
+        check_run_name(sweep_name, "--name")
+    except ConfigError as err:
+        if name:
+            raise
+        raise ConfigError(f"{grid_path}: {err} (a sweep is named after its grid file unless --name is given)") from None
     folder = Path(base.output_dir) / sweep_name
     for combo in combos:  # every point's config is checked before the first one trains
         load_config(config, [*overrides, *combo])
+    lock = FolderLock(folder, "mmdlrm sweep", "give this sweep another --name")
+    rank0_decides(env, lambda: _hold(folder, lock))
+    kept = "finished points are kept. Free some space there, then run the same command again: it goes on with the rest"
+    try:
+        with naming_full_disk(folder, lambda: kept):
+            return _sweep(config, combos, overrides, env, base, sweep_name, folder)
+    finally:
+        lock.release()
+
+
+def _hold(folder: Path, lock: FolderLock) -> None:
+    for path in (folder.parent, folder):
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"{path} is a file, not a folder; set output_dir=... (or --name) to a folder for sweeps")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    lock.acquire()
+
+
+def _sweep(config, combos: list[list[str]], overrides: list[str], env: DistEnv, base: RunConfig, sweep_name: str,
+           folder: Path) -> dict:  # fmt: skip
+    from mmdlrm.train import train
+
     task = build_task(base.model, base.eval)
     results: list[Point] = []
     for index, combo in enumerate(combos):
@@ -111,7 +145,7 @@ def sweep(config: str | Path | None, grid_path: str | Path, overrides: list[str]
     }  # fmt: skip
     if env.is_rank0:
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "sweep.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (folder / "sweep.json").write_text(json.dumps(finite(summary), indent=2, allow_nan=False) + "\n")
         (folder / "sweep.md").write_text(table(summary) + "\n")
         plot_sweep([p.name for p in results], [p.val for p in results], [p.test[task.monitor] for p in results],
                    task.monitor, pick.name, folder / "sweep.png")  # fmt: skip

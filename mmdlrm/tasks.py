@@ -16,9 +16,10 @@ from typing import ClassVar
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
-from mmdlrm.config import EvalConfig, FeatureConfig, ModelConfig
+from mmdlrm.config import ConfigError, EvalConfig, FeatureConfig, ModelConfig
 from mmdlrm.data.batches import BatchBuilder, BatchLoader, SplitRows
 from mmdlrm.data.negatives import NegativeSampler, known_pairs
 from mmdlrm.data.prepare import Prepared
@@ -134,6 +135,10 @@ class Task:
         """Where the output layer's bias starts (predictions at the training mean: a faster, steadier start)."""
         return 0.0
 
+    def epoch_note(self) -> str | None:
+        """Something about this epoch's training rows worth saying (once a run), or None. Every rank calls it."""
+        return None
+
     # -- training rows
     def training_loader(self, builder: BatchBuilder, data: Prepared, batch_size: int, seed: int, env: DistEnv) -> BatchLoader:
         """The shuffled training batches of this rank (dense features leave each row's own rating out)."""
@@ -195,13 +200,17 @@ class PointwiseTask(Task):
 
     def result_blocks(self, test, baselines):
         blocks = [("test", "model", "test")]
-        if "cold_start" in test:
+        if test.get("cold_start") is not None:
             blocks.append(("test_cold_start", "cold-start movies", "cold_start"))
         out = []
         for baseline_key, title, model_key in blocks:
             rows = [(label, baselines[key][baseline_key]) for key, label in self.BASELINES if key in baselines]
             rows.append(("DLRM", test if model_key == "test" else test[model_key]))
             out.append(Block(title, list(self.metric_names), rows))
+        if "cold_start" in test and test["cold_start"] is None:
+            few = self.eval_cfg.cold_start_max_ratings
+            out.append(Block(f"cold-start movies: none in the test split (no test rating is of a movie with at most "
+                             f"{few} training ratings, eval.cold_start_max_ratings)", [], []))  # fmt: skip
         return out
 
 
@@ -272,6 +281,9 @@ class RankingTask(Task):
         super().__init__(model, evaluation)
         self.log_q: torch.Tensor | None = None
         """log of each movie's sampling probability (for the softmax loss's correction)."""
+        self.sampler: NegativeSampler | None = None
+        self.env: DistEnv | None = None
+        self.noted = False
 
     def label(self, rating):
         return torch.ones_like(rating)
@@ -286,14 +298,46 @@ class RankingTask(Task):
         cfg = self.model_cfg.ranking
         train = data.splits["train"]
         keep = self.positives(data)
+        if cfg.negatives >= data.num_movies:
+            raise ConfigError(
+                f"model.ranking.negatives={cfg.negatives}, but {data.folder} has {data.num_movies:,} movies: a "
+                f"positive can have at most {data.num_movies - 1:,} other movies as negatives; lower "
+                "model.ranking.negatives"
+            )
+        if not keep.any():
+            raise ConfigError(
+                f"model.ranking.positive_threshold={cfg.positive_threshold}: no training rating of {data.folder} is at "
+                f"or above it (the highest is {train['rating'].max():g}), so there are no positives to train on; lower "
+                "it, or leave it unset (every rating is a positive)"
+            )
         known = known_pairs(train["user"], train["movie"], data.num_movies) if cfg.exclude_known else None  # rated at all
         popularity = np.bincount(train["movie"][keep], minlength=data.num_movies)
         sampler = NegativeSampler(popularity, cfg.negatives, cfg.sampler, cfg.alpha, known)
+        self.sampler, self.env = sampler, env
         self.log_q = torch.log(sampler.probability.float().clamp_min(1e-12))
         rows = SplitRows.from_prepared(data, "train").where(torch.from_numpy(keep))
         train.release()  # every rank read the whole split for the sampler: not held through training
         return BatchLoader(builder, rows, batch_size, shuffle=True, seed=seed, rank=env.rank, world_size=env.world_size,
                            leave_one_out=True, negatives=sampler)  # fmt: skip
+
+    def epoch_note(self):
+        """How many negatives were known positives kept after the redraws (see data/negatives.py), the first epoch
+        that has any: summed over the ranks, each of which draws for its own rows."""
+        sampler = self.sampler
+        if sampler is None or sampler.known is None or self.noted or self.env is None:
+            return None
+        counts = torch.tensor([sampler.collisions, sampler.drawn], dtype=torch.int64, device=self.env.device)
+        sampler.collisions = sampler.drawn = 0
+        if self.env.world_size > 1:
+            dist.all_reduce(counts)
+        kept, drawn = counts.tolist()
+        if not kept:
+            return None
+        self.noted = True
+        return (f"{kept:,} of the {drawn:,} negatives drawn ({kept / drawn:.2%}) are movies their user rated in "
+                f"training, kept after {sampler.retries} redraws: those users rated (nearly) every movie, which leaves "
+                "little else to draw. Each such negative teaches the model that its user did not choose a movie they "
+                "did; a few hardly matter, many blur what it learns (said once a run)")
 
     def loss(self, logits, labels, movies=None):
         kind, k = self.model_cfg.ranking.loss, self.model_cfg.ranking.negatives

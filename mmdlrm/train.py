@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -26,6 +27,7 @@ from mmdlrm.distributed.sharding import Sharded, shard
 from mmdlrm.features.store import MovieVectors
 from mmdlrm.features.vectors import content_stores
 from mmdlrm.features.vectors import load_content as load_vectors
+from mmdlrm.folders import FolderLock, naming_full_disk
 from mmdlrm.inspection.board import Board
 from mmdlrm.inspection.plots import plot_curves
 from mmdlrm.model.tables import vocab_of
@@ -134,6 +136,9 @@ def build(cfg: RunConfig, env: DistEnv) -> Setup:
         DataError: a split too small to train or to evaluate on.
     """
     data = build_data(cfg, env)
+    if cfg.model.demographics and not data.manifest["counts"].get("user_features"):
+        log0(env, "model.demographics: %s has no users file (ml-100k's u.user, ml-1m's users.dat); training without "
+             "age, gender, occupation and zip", data.manifest["source"]["folder"])  # fmt: skip
     task = build_task(cfg.model, cfg.eval)
     builder = task.builder(data)
     loader = task.training_loader(builder, data, cfg.train.batch_size, cfg.train.seed, env)
@@ -155,8 +160,34 @@ def train(cfg: RunConfig, env: DistEnv) -> TrainResult:
 
     A run stopped part-way (crash, kill, pre-emption) and started again with the same config continues from its
     last checkpoint: same weights, optimiser states and data position, so it ends as an uninterrupted run would.
-    A finished run is left as it is (run_folder.RunFinished) unless `overwrite=true`.
+    A finished run is left as it is (run_folder.RunFinished) unless `overwrite=true`. The run folder is held by
+    this run alone (rank 0 holds it for every rank: they share it); a full disk is named with what was kept.
+
+    Raises:
+        FolderBusy: another process is writing the run folder.
+        NoSpace: the disk filled up; the last checkpoint is kept and the same command continues from it.
     """
+    lock = FolderLock(cfg.run_dir, "mmdlrm train", "give this run another name=...")
+    rank0_decides(env, lambda: run_folder.hold(cfg, lock))
+    try:
+        with naming_full_disk(cfg.run_dir, lambda: _kept(cfg.run_dir)):
+            return _train(cfg, env)
+    finally:
+        lock.release()
+
+
+def _kept(run_dir: Path) -> str:
+    """What a run stopped by a full disk keeps, and what the same command then does."""
+    found = checkpoint.find(run_dir / "checkpoints" / "last")
+    if found is None:
+        return ("no checkpoint had been saved yet. Free some space there, then run the same command again: it starts "
+                "the run over")
+    meta = json.loads((found / checkpoint.COMPLETE).read_text())["meta"]
+    return (f"kept: the run's last checkpoint (epoch {meta.get('epoch')}, step {meta.get('step')}) and its records up "
+            "to it. Free some space there, then run the same command again: it continues from that checkpoint")
+
+
+def _train(cfg: RunConfig, env: DistEnv) -> TrainResult:
     run_dir = cfg.run_dir
     last = run_dir / "checkpoints" / "last"
     decision = rank0_decides(env, lambda: run_folder.decide_start(cfg, checkpoint.find(last) is not None))
@@ -174,6 +205,9 @@ def train(cfg: RunConfig, env: DistEnv) -> TrainResult:
     checkpoints = run_dir / "checkpoints"
     while not state.done:
         record = _train_epoch(model, optimizer, setup.loader, state, cfg, env, checkpoints / "last", board, schedule)
+        note = task.epoch_note()
+        if note is not None and env.is_rank0:
+            log.warning("epoch %d: %s", state.epoch, note)
         record["val"], _, _ = task.evaluate(model, "val", setup.evaluation)
         value = record["val"][task.monitor]
         improved = task.better(value, state.best_value)

@@ -118,7 +118,7 @@ def read_release(folder: str | Path, on_bad_rows: OnBadRows = "error") -> Releas
     reader = {"csv": _read_csv_release, "dat": _read_dat_release, "100k": _read_100k_release}[kind]
     release = reader(folder, on_bad_rows, bad)
     release.bad_rows = bad
-    release.users = read_users(folder, kind)
+    release.users = read_users(folder, kind, on_bad_rows, bad)
     if release.users is not None:
         release.files.append(folder / USER_FILES[kind])
     release.ratings = _validate_ratings(release, on_bad_rows)
@@ -299,23 +299,31 @@ USER_FILES = {"100k": "u.user", "dat": "users.dat"}
 USER_COLUMNS = ["user_id", "age", "gender", "occupation", "zip"]
 
 
-def read_users(folder: str | Path, kind: ReleaseKind) -> pa.Table | None:
+def read_users(
+    folder: str | Path, kind: ReleaseKind, on_bad_rows: OnBadRows = "error", bad_rows: BadRows | None = None
+) -> pa.Table | None:
     """Demographics by user id, or None where the release has none (the CSV releases).
 
     ml-100k `u.user`: `id|age|gender|occupation|zip`, age in years, occupation a word (Latin-1).
     ml-1m `users.dat`: `UserID::Gender::Age::Occupation::Zip-code`, age a range code (1, 18, 25, ...),
     occupation a number. Columns come back as user_id (int64) and strings, in USER_COLUMNS order.
+
+    Raises:
+        DataError: a line that does not parse or an age that is not a whole number, naming file, line and column
+            (with on_bad_rows='skip' the line is dropped and counted in `bad_rows`: that user's demographics are
+            unknown).
     """
     name = USER_FILES.get(kind)
     path = Path(folder) / name if name else None
     if path is None or not path.is_file():
         return None
-    strings = {c: pa.string() for c in USER_COLUMNS[1:]}
+    columns = {"user_id": pa.int64(), **{c: pa.string() for c in USER_COLUMNS[1:]}, "age": pa.int64()}
     if kind == "100k":
         fmt, names = TextFormat(delimiter="|", header=False, encoding="latin-1", quoting=False), USER_COLUMNS
     else:
         fmt, names = _DAT, ["user_id", "gender", "age", "occupation", "zip"]
-    table = read_table(path, {"user_id": pa.int64(), **strings}, fmt, names=names)
+    table = read_table(path, columns, fmt, names=names, on_bad_rows=on_bad_rows, bad_rows=bad_rows)
+    table = table.set_column(table.column_names.index("age"), "age", pc.cast(table["age"], pa.string()))
     return table.select(USER_COLUMNS)
 
 

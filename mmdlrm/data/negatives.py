@@ -7,7 +7,7 @@ Known positives are skipped cheaply: every (user, movie) pair of the training sp
 `user * num_movies + movie` in a sorted array; a drawn negative is looked up with `searchsorted` and the
 collisions are drawn again, up to `retries` rounds. What still collides after that is kept (the chance is
 about (share of the catalogue the user has seen) ** (retries + 1): for a user who rated half of all movies,
-3 % after 4 rounds) and counted in `collisions`.
+3 % after 4 rounds) and counted in `collisions` (of `drawn`), which the ranking task reports once a run.
 """
 
 from __future__ import annotations
@@ -52,11 +52,14 @@ class NegativeSampler:
         self.known = known
         self.collisions = 0
         """Negatives kept although known, after every redraw round (see the module docstring)."""
+        self.drawn = 0
+        """Negatives drawn (each counted once, however often it was redrawn), beside `collisions`."""
 
     def sample(self, users: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """len(users) x k movie ids, known positives redrawn (see the module docstring)."""
         users = users.to(torch.int64)
         out = self._draw(len(users) * self.k, generator).view(len(users), self.k)
+        self.drawn += out.numel()
         if self.known is None or len(self.known) == 0:
             return out
         owners = users.unsqueeze(1).expand_as(out)

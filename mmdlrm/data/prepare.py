@@ -19,7 +19,10 @@ already read in memory, or for split=files (ml-100k's folds, matched in memory),
 (or holds it), an output path that is a file, and a non-empty folder that is not a prepared dataset (one whose
 manifest.json has a `format_version`). It writes into a new temporary sibling folder, removed if preparing fails;
 a prepared dataset already at the output is replaced by renaming it aside, renaming the new one into place and
-only then removing the old one.
+only then removing the old one. One process at a time writes an output folder (an OS lock, see mmdlrm.folders):
+a second `prepare` is refused, naming the first; runs that fill the shared data cache wait for each other instead.
+What a killed prepare left beside the output (its temporary folder, an old dataset renamed aside) is cleared by
+the next one. A full disk is said as such (`NoSpace`), with the temporary folder removed.
 """
 
 from __future__ import annotations
@@ -27,10 +30,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +64,7 @@ from mmdlrm.data.splits import SPLITS, check_split_sizes, cold_in_test, fold_ass
 from mmdlrm.data.streaming import CHUNK_ROWS, ROW_GROUP_ROWS, SplitRule, SplitStats, write_splits
 from mmdlrm.data.synthetic import generate
 from mmdlrm.data.tables import BadRows, DataError, OnBadRows
+from mmdlrm.folders import FolderLock, as_no_space
 
 log = logging.getLogger(__name__)
 
@@ -149,15 +155,30 @@ def prepare(
     Raises:
         DataError: `out_dir` is the release folder (or inside it), a file, or a non-empty folder that is not a
             prepared dataset; bad input in the release (file, line and column); a split with no ratings.
+        FolderBusy: another process is writing `out_dir`.
+        NoSpace: the disk filled up (nothing of this prepare is kept; what was at `out_dir` is as it was).
     """
     folder = source.folder if isinstance(source, Release) else Path(source)
+    target = _check_out_dir(folder, Path(out_dir))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FolderLock(target, "mmdlrm prepare", "pass another --out"):
+        return _prepare_held(source, out_dir, split, val_fraction, test_fraction, seed, fold, on_bad_rows=on_bad_rows,
+                             chunk_rows=chunk_rows, block_bytes=block_bytes, progress=progress)  # fmt: skip
+
+
+def _prepare_held(
+    source: Release | str | Path, out_dir: str | Path, split: str, val_fraction: float, test_fraction: float,
+    seed: int, fold: str, *, on_bad_rows: OnBadRows, chunk_rows: int, block_bytes: int, progress: bool | None,
+) -> Path:  # fmt: skip
+    """`prepare`, with the output folder held by this process."""
+    folder = source.folder if isinstance(source, Release) else Path(source)
     out = Path(out_dir)
-    target = _check_out_dir(folder, out)
+    target = _check_out_dir(folder, out)  # again, now that no other prepare is writing it
+    _remove_leftovers(target)
     if not isinstance(source, Release):
         kind = detect_release(folder)
         if split == "files":  # ml-100k's fold files are matched against the ratings in memory (100,000 of them)
             source = read_release(folder, on_bad_rows)
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     split_info: dict = {"kind": split, "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}
     rule = SplitRule(split, val_fraction, test_fraction, seed)
@@ -176,12 +197,39 @@ def prepare(
         manifest["split"] = split_info
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         _swap_in(tmp, target)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)  # only the folder this call made
-        raise
+        full = as_no_space(err, out, lambda: _kept(target))
+        if full is None:
+            raise
+        raise full from err
     sizes = ", ".join(f"{k} {v:,}" for k, v in manifest["counts"].items() if isinstance(v, int))
     log.info("prepared %s -> %s (%s)", folder, out, sizes)
     return out
+
+
+def _remove_leftovers(target: Path) -> None:
+    """Clear what killed prepares of `target` left beside it (call holding `target`): their temporary folders
+    (`.<name>.<random>.tmp`) are removed; a dataset renamed aside for a swap (`.<name>.old-<hex>`) is put back
+    where the swap did not finish (no dataset at `target`), else removed."""
+    name = re.escape(target.name)
+    tmp, old = re.compile(rf"\.{name}\.[a-z0-9_]{{8}}\.tmp"), re.compile(rf"\.{name}\.old-[0-9a-f]{{8}}")
+    for path in sorted(target.parent.iterdir()):
+        if not path.is_dir() or path.is_symlink() or not (tmp.fullmatch(path.name) or old.fullmatch(path.name)):
+            continue
+        if old.fullmatch(path.name) and not target.exists() and is_prepared(path):
+            log.info("putting back %s, which a stopped prepare had moved aside, as %s", path, target)
+            path.rename(target)
+        else:
+            log.info("removing %s, left by a prepare that was stopped", path)
+            shutil.rmtree(path)
+
+
+def _kept(target: Path) -> str:
+    """What a prepare stopped by a full disk keeps, and what the same command then does."""
+    before = " (the dataset that was there before is as it was)" if is_prepared(target) else ""
+    return (f"nothing of this prepare was kept{before}. Free some space there, then run the same command again: it "
+            "prepares the dataset from the start")
 
 
 @dataclass
@@ -213,7 +261,7 @@ class _Catalogue:
         if kind == "csv" and (folder / "links.csv").is_file():
             read_links(folder / "links.csv", bad)
             files.append(folder / "links.csv")
-        users = read_users(folder, kind)
+        users = read_users(folder, kind, on_bad_rows, bad)
         if users is not None:
             files.append(folder / USER_FILES[kind])
         return cls(folder, kind, _sorted_movies(movies, files[1]), users, [f for f in files if f.is_file()], bad)
@@ -430,7 +478,10 @@ def ensure_prepared(cfg: DataConfig, progress: bool | None = None) -> Path:
         key = _settings_key(cfg.synthetic.__dict__)
         source = cache / f"synthetic-{key}"
         if not (source / "truth.npz").is_file():
-            generate(cfg.synthetic, source)
+            cache.mkdir(parents=True, exist_ok=True)
+            with _cache_lock(source):  # another run may be writing it: wait for it, then use what it wrote
+                if not (source / "truth.npz").is_file():
+                    generate(cfg.synthetic, source)
     else:
         source = Path(cfg.source)
     settings = {"source": str(source.resolve()), "split": cfg.split, "val": cfg.val_fraction, "test": cfg.test_fraction,
@@ -441,8 +492,24 @@ def ensure_prepared(cfg: DataConfig, progress: bool | None = None) -> Path:
     if _is_current(out, source):
         log.info("using prepared dataset %s", out)
         return out
-    return prepare(source, out, cfg.split, cfg.val_fraction, cfg.test_fraction, cfg.seed, cfg.fold,
-                   on_bad_rows=cfg.on_bad_rows, progress=progress)  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _cache_lock(out):
+        if _is_current(out, source):  # prepared by the run we waited for
+            return out
+        return _prepare_held(source, out, cfg.split, cfg.val_fraction, cfg.test_fraction, cfg.seed, cfg.fold,
+                             on_bad_rows=cfg.on_bad_rows, chunk_rows=CHUNK_ROWS, block_bytes=BLOCK_BYTES,
+                             progress=progress)  # fmt: skip
+
+
+@contextmanager
+def _cache_lock(folder: Path) -> Iterator[None]:
+    """Hold `folder` of the data cache, waiting for a process that holds it (runs share the cache)."""
+    lock = FolderLock(folder, "mmdlrm, filling the data cache", "")
+    lock.acquire(wait=True)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _is_current(out: Path, source: Path) -> bool:

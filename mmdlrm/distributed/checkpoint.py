@@ -44,15 +44,21 @@ def save(
     state = {"model": model.state_dict()}
     if optimizer is not None:
         state["optim"] = optimizer.state_dict()
-    dcp.save(state, checkpoint_id=str(tmp))
-    rng = tmp / "rng" / f"rank{env.rank}.pt"
-    rng.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"torch": torch.get_rng_state()}, rng)
-    _barrier(env)
+    try:
+        dcp.save(state, checkpoint_id=str(tmp))
+        rng = tmp / "rng" / f"rank{env.rank}.pt"
+        rng.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"torch": torch.get_rng_state()}, rng)
+        _barrier(env)
+        if env.is_rank0:
+            manifest = {"world_size": env.world_size, "optimizer": optimizer is not None, "meta": meta or {},
+                        "files": {str(p.relative_to(tmp)): _describe(p) for p in sorted(tmp.rglob("*")) if p.is_file()}}  # fmt: skip
+            (tmp / COMPLETE).write_text(json.dumps(manifest, indent=2) + "\n")
+    except BaseException:  # DCP raises CheckpointException, a BaseException
+        if env.is_rank0:  # a save cut short (a full disk) gives back the space it took; the previous one stays
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if env.is_rank0:
-        manifest = {"world_size": env.world_size, "optimizer": optimizer is not None, "meta": meta or {},
-                    "files": {str(p.relative_to(tmp)): _describe(p) for p in sorted(tmp.rglob("*")) if p.is_file()}}  # fmt: skip
-        (tmp / COMPLETE).write_text(json.dumps(manifest, indent=2) + "\n")
         old = folder.with_name(folder.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         if folder.exists():

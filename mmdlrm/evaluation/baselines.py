@@ -65,7 +65,7 @@ def evaluate_baselines(
     cold_movies: np.ndarray | None = None,
 ) -> dict[str, dict]:
     """Fit both baselines on `splits["train"]` and score them on val and test (and the test rows of
-    `cold_movies`, a bool per movie, under "test_cold_start").
+    `cold_movies`, a bool per movie, under "test_cold_start"; None there when no test row is of such a movie).
 
     Args:
         label: stars -> the task's label; the global-mean baseline predicts the training labels' mean.
@@ -92,6 +92,6 @@ def evaluate_baselines(
         out["bias"][split] = score(predicted, labels, names)
         if split == "test" and cold_movies is not None:
             rows = cold_movies[cols["movie"]]
-            out["global_mean"]["test_cold_start"] = score(flat[rows], labels[rows], names)
-            out["bias"]["test_cold_start"] = score(predicted[rows], labels[rows], names)
+            out["global_mean"]["test_cold_start"] = score(flat[rows], labels[rows], names) if rows.any() else None
+            out["bias"]["test_cold_start"] = score(predicted[rows], labels[rows], names) if rows.any() else None
     return out

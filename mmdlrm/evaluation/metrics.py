@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
-from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, MetricCollection
+from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, MetricCollection, SumMetric
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 from torchrec.datasets.utils import Batch
 
@@ -55,7 +55,8 @@ def evaluate(
 
     Args:
         cold_movies: a bool per movie id; the rows of those movies are also scored apart, under
-            metrics["cold_start"] (movies with few training ratings: where content features should help).
+            metrics["cold_start"] (movies with few training ratings: where content features should help); None
+            there when no row is of such a movie.
 
     Returns:
         (metrics, predictions or None, labels or None); predictions are this rank's only.
@@ -64,6 +65,7 @@ def evaluate(
     model.eval()
     metrics = PointwiseMetrics(names, device)
     cold = PointwiseMetrics(names, device) if cold_movies is not None else None
+    cold_rows = SumMetric().to(device)  # over every rank: with none, the cold-start metrics are not NaN but None
     cold_movies = cold_movies.to(device) if cold_movies is not None else None  # once, not per batch
     kept_preds, kept_labels = [], []
     for batch in batches:
@@ -73,13 +75,14 @@ def evaluate(
         if cold is not None:
             rows = cold_movies[batch.movies]
             cold.update(preds[rows], labels[rows])
+            cold_rows.update(rows.sum())
         if keep_predictions:
             kept_preds.append(preds.cpu())
             kept_labels.append(labels.cpu())
     model.train(was_training)
     values: dict = metrics.compute()
     if cold is not None:
-        values["cold_start"] = cold.compute()
+        values["cold_start"] = cold.compute() if cold_rows.compute() > 0 else None
     if not keep_predictions:
         return values, None, None
     return values, torch.cat(kept_preds), torch.cat(kept_labels)

@@ -174,13 +174,16 @@ def _given(value: str) -> bool:
 
 
 def _melu_rows(dat: str | Path):
-    """(movieId, fields) of each line of MeLU's '::'-separated file (11 fields, movie id first)."""
-    with open(dat, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, 1):
-            fields = line.rstrip("\r\n").split("::")
-            if len(fields) < 10 or not fields[0].isdigit():
-                raise FeatureError(f"{dat} line {line_number}: expected 11 '::'-separated fields with a movie id first")
-            yield int(fields[0]), [field.strip() for field in fields]
+    """(movieId, fields) of each line of MeLU's '::'-separated file (11 fields, movie id first); text that is not
+    UTF-8 is read as Latin-1 with a warning, as the CSV inputs are."""
+    path = Path(dat)
+    _check_text(path, "MeLU's movies_extrainfos.dat: text lines of 11 '::'-separated fields, the movie id first")
+    text = io.StringIO(_utf8(path, path.read_bytes()).decode("utf-8"), newline=None)  # \n, \r\n or \r end lines
+    for line_number, line in enumerate(text, 1):
+        fields = line.rstrip("\r\n").split("::")
+        if len(fields) < 10 or not fields[0].isdigit():
+            raise FeatureError(f"{dat} line {line_number}: expected 11 '::'-separated fields with a movie id first")
+        yield int(fields[0]), [field.strip() for field in fields]
 
 
 def melu_plots(dat: str | Path) -> dict[int, str]:
@@ -188,13 +191,57 @@ def melu_plots(dat: str | Path) -> dict[int, str]:
     return {movie: fields[9] for movie, fields in _melu_rows(dat) if _given(fields[9])}
 
 
+DBPEDIA_SHAPE = 'a JSON object mapping each movieId to its abstract, like {"1": "Toy Story is a 1995 film ..."}'
+
+
 def dbpedia_abstracts(path: str | Path) -> dict[int, str]:
-    """movieId -> abstract from a JSON object {MovieID: abstract}."""
+    """movieId -> abstract from a JSON object {MovieID: abstract}; a null abstract is none.
+
+    Raises:
+        FeatureError: not a UTF-8 JSON object, a key that is not a movie id, an abstract that is not text.
+    """
+    path = Path(path)
+    _check_text(path, DBPEDIA_SHAPE)
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise FeatureError(f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02X}), which JSON is; expected "
+                           f"{DBPEDIA_SHAPE}") from None  # fmt: skip
     except json.JSONDecodeError as err:
         raise FeatureError(f"{path} line {err.lineno}, column {err.colno}: not valid JSON ({err.msg})") from None
-    return {int(k): v.strip() for k, v in data.items() if isinstance(v, str) and v.strip()}
+    if not isinstance(data, dict):
+        raise FeatureError(f"{path}: the JSON is {_json_kind(data)}; expected {DBPEDIA_SHAPE}")
+    out = {}
+    for key, value in data.items():
+        if not key.strip().isdigit():
+            raise FeatureError(f"{path}: key {key!r} is not a movieId (a whole number); expected {DBPEDIA_SHAPE}")
+        if value is not None and not isinstance(value, str):
+            raise FeatureError(
+                f"{path}: the abstract of movie {key} is {_json_kind(value)}, not text; expected {DBPEDIA_SHAPE}"
+            )
+        if value and value.strip():
+            out[int(key)] = value.strip()
+    return out
+
+
+def _json_kind(value: object) -> str:
+    """What a JSON value is, in words."""
+    kinds = ((bool, "true or false"), (int, "a number"), (float, "a number"), (str, "a string"), (list, "a list"),
+             (dict, "an object"))  # fmt: skip
+    return next((name for kind, name in kinds if isinstance(value, kind)), "null")
+
+
+def _check_text(path: Path, expected: str) -> None:
+    """Refuse a missing, empty or binary (NUL bytes, compressed) file, saying what was `expected`."""
+    if not path.is_file():
+        found = "a folder, not a file" if path.is_dir() else "no such file"
+        raise FeatureError(f"{path}: {found}; expected {expected}")
+    with open(path, "rb") as f:
+        head = f.read(8192)
+    if not head.strip():
+        raise FeatureError(f"{path}: the file is empty; expected {expected}")
+    if b"\x00" in head or head.startswith((b"\x1f\x8b", b"PK\x03\x04")):
+        raise FeatureError(f"{path}: holds binary data, not text (compressed, or the wrong file?); expected {expected}")
 
 
 def catalogue_texts(release: str | Path, top_tags: int = 5, on_bad_rows: OnBadRows = "error") -> dict[int, str]:
@@ -267,10 +314,13 @@ def _header(path: Path) -> tuple[int, list[str]]:
     if not path.is_file():
         raise FeatureError(f"{path}: no such file")
     with open(path, "rb") as f:
-        start = f.read(4)
+        start = f.read(8192)
     for magic, kind in ((b"\x1f\x8b", "gzip"), (b"PK\x03\x04", "zip")):
         if start.startswith(magic):
             raise FeatureError(f"{path}: this is a {kind}-compressed file, not CSV text; decompress it first")
+    if b"\x00" in start:
+        raise FeatureError(f"{path}: holds binary data, not CSV text (is it the right file?); expected a CSV file "
+                           "whose first line names its columns")  # fmt: skip
     with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
         reader = csv.reader(f)
         for row in reader:

@@ -8,11 +8,16 @@ with titles and genre names as metadata, for TensorBoard's embedding projector. 
 
 from __future__ import annotations
 
+import errno
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
+
+from mmdlrm.config import ConfigError
+from mmdlrm.folders import NO_SPACE
 
 PROJECTOR_MOVIES = 20_000
 """The projector shows at most this many movies (the most-rated): its page slows down beyond that."""
@@ -22,6 +27,9 @@ class Board:
     """A SummaryWriter with the few things a run logs (call on rank 0 only)."""
 
     def __init__(self, folder: str | Path, every: int = 50) -> None:
+        """Raises ConfigError where `folder` cannot take the logs (TensorBoard's writer thread would only print
+        a traceback)."""
+        _check_writable(Path(folder))
         self.writer = SummaryWriter(log_dir=str(folder))
         self.every = every
         self.folder = Path(folder)
@@ -52,3 +60,20 @@ class Board:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def _check_writable(folder: Path) -> None:
+    """Make `folder` and write a file into it, or say why not in one sentence."""
+    try:
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "it is a file, not a folder")
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        if err.errno in NO_SPACE:
+            raise
+        raise ConfigError(
+            f"{folder}: TensorBoard logs cannot be written there ({err.strerror}); make it a writable folder "
+            "(chmod u+w), or set train.tensorboard=false"
+        ) from None

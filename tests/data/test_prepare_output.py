@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from mmdlrm.cli import main
+from mmdlrm.data import buckets
 from mmdlrm.data import prepare as prepare_module
 from mmdlrm.data.movielens import read_release
 from mmdlrm.data.prepare import load_prepared, prepare
 from mmdlrm.data.tables import DataError
+from mmdlrm.folders import FolderLock
 from tests.data.test_movielens import write_csv_release
 
 
@@ -126,3 +132,63 @@ def test_an_empty_training_split_is_refused(tmp_path):
     with pytest.raises(DataError, match="no ratings left for training; lower data.val_fraction/test_fraction"):
         prepare(release, tmp_path / "out", "random", 0.49, 0.49, seed=0)
 
+
+
+def test_what_a_killed_prepare_left_beside_its_output_is_cleared_by_the_next(release_copy, tmp_path):
+    target = prepare(release_copy, tmp_path / "out", "random", 0.1, 0.1, seed=1)
+    # As a prepare killed while splitting leaves it: its temporary folder, named as mkdtemp names them, half written.
+    stale = Path(tempfile.mkdtemp(prefix=".out.", suffix=".tmp", dir=tmp_path))
+    (stale / "train.parquet").write_bytes(b"\0" * 4096)
+    (tmp_path / ".out.mine.tmp").mkdir()  # a name prepare never makes: not its to remove
+    prepare(release_copy, target, "random", 0.1, 0.1, seed=2)
+    assert _siblings(tmp_path) == [".out.mine.tmp", "out", "release"]
+    assert load_prepared(target).manifest["split"]["seed"] == 2
+
+
+def test_a_dataset_a_killed_swap_left_aside_is_put_back(release_copy, tmp_path, monkeypatch):
+    target = prepare(release_copy, tmp_path / "out", "random", 0.1, 0.1, seed=1)
+    before = _snapshot(target)
+    target.rename(tmp_path / ".out.old-0123abcd")  # killed between the swap's two renames: no dataset at `out`
+
+    def fails(*args, **kw):
+        raise DataError("bad input")
+
+    monkeypatch.setattr(prepare_module, "_write_movies", fails)
+    with pytest.raises(DataError, match="bad input"):
+        prepare(release_copy, target, "random", 0.1, 0.1, seed=2)
+    assert _snapshot(target) == before and _siblings(tmp_path) == ["out", "release"]
+
+
+def test_a_full_disk_is_named_with_what_was_kept_and_the_same_command_then_prepares(release_copy, tmp_path, monkeypatch,
+                                                                                   capsys):  # fmt: skip
+    target = prepare(release_copy, tmp_path / "out", "random", 0.1, 0.1, seed=1)
+    before = _snapshot(target)
+    command = ["prepare", str(release_copy.folder), "--out", str(target), "data.seed=2", "train.progress=false"]
+
+    def full(self, *args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a write() says it: no file name
+
+    capsys.readouterr()
+    with monkeypatch.context() as patch:
+        patch.setattr(buckets.RowGroupWriter, "_emit", full)
+        assert main(command) == 2
+    err = capsys.readouterr().err
+    assert (f"mmdlrm prepare: error: no space left on {target}; nothing of this prepare was kept (the dataset that "
+            "was there before is as it was). Free some space there, then run the same command again") in err
+    assert "Traceback" not in err
+    assert _snapshot(target) == before and _siblings(tmp_path) == ["out", "release"]
+
+    assert main(command) == 0  # space freed: the same command
+    fresh = prepare(release_copy.folder, tmp_path / "fresh", "random", 0.1, 0.1, seed=2)
+    assert _snapshot(target) == _snapshot(fresh)
+
+
+def test_an_output_another_process_is_writing_is_refused(release_copy, tmp_path, capsys):
+    target = prepare(release_copy, tmp_path / "out", "random", 0.1, 0.1, seed=1)
+    before = _snapshot(target)
+    with FolderLock(target, "mmdlrm prepare", ""):
+        assert main(["prepare", str(release_copy.folder), "--out", str(target), "data.seed=2"]) == 2
+    err = capsys.readouterr().err
+    assert f"mmdlrm prepare: error: {target} is in use: process {os.getpid()} (mmdlrm prepare, since " in err
+    assert err.rstrip().endswith("or pass another --out")
+    assert _snapshot(target) == before and _siblings(tmp_path) == ["out", "release"]

@@ -119,3 +119,20 @@ def test_cold_movie_split_holds_movies_out_whole_and_is_deterministic():
     assert not train_movies & held[1] and not train_movies & held[2] and not held[1] & held[2]
     assert len(held[2]) == round(0.2 * len(np.unique(movies))) and len(held[1]) == round(0.1 * len(np.unique(movies)))
     assert (split_rows(users, np.arange(5000), movies, "cold_movies", 0.1, 0.2, seed=4) != first).any()
+
+
+def test_a_non_numeric_age_in_u_user_is_named_or_skipped(tmp_path, capsys):
+    from mmdlrm.cli import main
+
+    release = _ml100k(tmp_path / "ml-100k", RATINGS)
+    (release / "u.user").write_text("1|24|M|technician|85711\n2|old|F|other|94043\n3|23|M|writer|32067\n4|24|M|x|43537\n")
+    prepare = ["prepare", str(release), "--out", str(tmp_path / "out"), "data.val_fraction=0.2", "data.test_fraction=0.2"]
+    assert main(prepare) == 2
+    err = capsys.readouterr().err
+    assert f"{release / 'u.user'} line 2, column 2 (age): 'old' is not an integer; fix the value, or pass " in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+    assert main([*prepare, "data.on_bad_rows=skip"]) == 0
+    data = load_prepared(tmp_path / "out")
+    assert data.manifest["source"]["bad_rows_skipped"] == {"u.user: age is not an integer": 1}
+    # User 2 keeps their ratings; only their demographics are unknown (code 0).
+    assert data.users["user_id"].tolist() == [1, 2, 3, 4] and data.users["age"].tolist() == [2, 0, 2, 2]

@@ -81,3 +81,43 @@ def test_no_usable_source_is_an_error_that_says_why(tmp_path, sources, capsys):
     assert not (tmp_path / "out.csv").exists()
     assert _summaries(tmp_path) == 2
     assert "no summary source can be used; give --melu or --dbpedia (keyed by movieId)" in capsys.readouterr().err
+
+
+def test_dbpedia_abstracts_that_are_not_text_are_named_and_nothing_is_written(tmp_path, capsys):
+    dbpedia = tmp_path / "dbpedia.json"
+    cases = {  # what the JSON holds -> the sentence that names it
+        json.dumps({"7": 12, "8": "Fine."}): "the abstract of movie 7 is a number, not text; expected a JSON object",
+        json.dumps([{"7": "A list."}]): "the JSON is a list; expected a JSON object mapping each movieId to its abstract",
+        json.dumps({"seven": "x"}): "key 'seven' is not a movieId (a whole number); expected a JSON object",
+        json.dumps({"7": None, "8": " "}): "no movie has a text in dbpedia_abstract; nothing was written to",
+    }
+    for text, message in cases.items():
+        dbpedia.write_text(text)
+        assert _summaries(tmp_path, "--dbpedia", str(dbpedia)) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+        assert not (tmp_path / "out.csv").exists()
+
+
+def test_missing_binary_and_non_utf8_source_files_are_named_with_what_was_expected(tmp_path, sources, capsys):
+    missing = tmp_path / "nope.dat"
+    for option, expected in (("--melu", "MeLU's movies_extrainfos.dat"), ("--dbpedia", "a JSON object mapping"),
+                             ("--tmdb", "a TMDB movies CSV with id and overview columns")):  # fmt: skip
+        assert _summaries(tmp_path, option, str(missing)) == 2
+        assert f"{option} {missing}: no such file; give {expected}" in capsys.readouterr().err
+    binary = tmp_path / "poster.png"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe")
+    csv_release = write_release(tmp_path / "csv", "csv")
+    for given in (["--melu", str(binary)], ["--dbpedia", str(binary)], ["--links", str(csv_release), "--tmdb", str(binary)]):
+        assert _summaries(tmp_path, *given) == 2
+        err = capsys.readouterr().err
+        assert f"{binary}: holds binary data, not " in err and "expected " in err and "\\x" not in err, err
+        assert "Traceback" not in err
+    latin1 = tmp_path / "melu-latin1.dat"
+    latin1.write_bytes("::".join(["5", "Amélie", *MELU_FIELDS[1:8], "Une fée.", "url"]).encode("latin-1") + b"\n")
+    assert _summaries(tmp_path, "--melu", str(latin1)) == 0
+    assert f"{latin1} line 1: not valid UTF-8 (byte 0xE9); reading the file as Latin-1" in capsys.readouterr().err
+    assert read_passages(tmp_path / "out.csv")["melu_plot"] == {5: "Une fée."}
+    (tmp_path / "dbpedia-latin1.json").write_bytes('{"7": "Amélie"}'.encode("latin-1"))
+    assert _summaries(tmp_path, "--dbpedia", str(tmp_path / "dbpedia-latin1.json")) == 2
+    assert "dbpedia-latin1.json: not UTF-8 text (byte 0xE9), which JSON is; expected a JSON object" in capsys.readouterr().err

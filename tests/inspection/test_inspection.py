@@ -136,3 +136,21 @@ def test_k_must_be_a_positive_whole_number(run, k, capsys):
         main(["recommend", str(run), "--user", "1", "-k", k])
     assert exit_.value.code == 2
     assert "argument -k" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "truncated, without its sum"])
+def test_a_damaged_model_pt_says_to_export_again_and_that_works(run, tmp_path, damage, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)  # times kept: model.pt stays newer than the checkpoint, so it is not re-exported
+    model = copy / "model.pt"
+    size = model.stat().st_size
+    with open(model, "r+b") as f:
+        f.truncate(0 if damage == "empty" else size // 2)
+    if "without its sum" in damage:
+        (copy / "model.pt.sha256").unlink()
+    assert main(["recommend", str(copy), "--user", "1", "-k", "3"]) == 2
+    err = capsys.readouterr().err
+    assert f"mmdlrm recommend: error: {model}: " in err and f"run `mmdlrm export {copy}` again" in err, err
+    assert "Traceback" not in err
+    assert main(["export", str(copy)]) == 0
+    assert model.stat().st_size == size and main(["recommend", str(copy), "--user", "1", "-k", "3"]) == 0
