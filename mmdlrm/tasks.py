@@ -294,21 +294,26 @@ class RankingTask(Task):
         threshold = self.model_cfg.ranking.positive_threshold
         return np.ones(len(ratings), bool) if threshold is None else ratings >= threshold
 
+    def training_positives(self, data: Prepared) -> np.ndarray:
+        """`positives`, refusing a threshold that leaves none to train on."""
+        keep = self.positives(data)
+        if not keep.any():
+            raise ConfigError(
+                f"model.ranking.positive_threshold={self.model_cfg.ranking.positive_threshold}: no training rating of "
+                f"{data.folder} is at or above it (the highest is {data.splits['train']['rating'].max():g}), so there "
+                "are no positives to train on; lower it, or leave it unset (every rating is a positive)"
+            )
+        return keep
+
     def training_loader(self, builder, data, batch_size, seed, env):
         cfg = self.model_cfg.ranking
         train = data.splits["train"]
-        keep = self.positives(data)
+        keep = self.training_positives(data)
         if cfg.negatives >= data.num_movies:
             raise ConfigError(
                 f"model.ranking.negatives={cfg.negatives}, but {data.folder} has {data.num_movies:,} movies: a "
                 f"positive can have at most {data.num_movies - 1:,} other movies as negatives; lower "
                 "model.ranking.negatives"
-            )
-        if not keep.any():
-            raise ConfigError(
-                f"model.ranking.positive_threshold={cfg.positive_threshold}: no training rating of {data.folder} is at "
-                f"or above it (the highest is {train['rating'].max():g}), so there are no positives to train on; lower "
-                "it, or leave it unset (every rating is a positive)"
             )
         known = known_pairs(train["user"], train["movie"], data.num_movies) if cfg.exclude_known else None  # rated at all
         popularity = np.bincount(train["movie"][keep], minlength=data.num_movies)
@@ -414,7 +419,7 @@ class RetrievalTask(RankingTask):
         cfg = self.model_cfg.retrieval
         kind = cfg.negatives_for(data.num_movies)
         train = data.splits["train"]
-        keep = self.positives(data)
+        keep = self.training_positives(data)
         popularity = np.bincount(train["movie"][keep], minlength=data.num_movies).astype(np.float64)
         local = batch_size // env.world_size
         sampler, drawn = None, 0
