@@ -48,6 +48,12 @@ class SyntheticConfig:
     seed: int = 0
     movies_csv: str | None = None
     """Borrow titles and genres from a real movies.csv (e.g. ../shared/data/ml-25m/movies.csv)."""
+    catalogue: str | None = None
+    """Borrow titles and genres from a real release's folder, any layout (e.g. ../shared/data/ml-1m: its
+    movies.dat; with layout=ml-1m also its users.dat demographics), so its posters and plots join by movieId."""
+    layout: Literal["csv", "ml-1m"] = "csv"
+    """`csv`: ml-25m's files (ratings.csv, movies.csv, links.csv, tags.csv; half stars). `ml-1m`: ml-1m's
+    (ratings.dat, movies.dat, users.dat; `::`-separated, whole stars, no tags or links)."""
     media: bool = True
     """Also write posters/<movieId>.png and summaries.csv whose colours and words follow each movie's hidden
     quality and traits, so that the multimodal path runs on the built-in data."""
@@ -65,6 +71,8 @@ class SyntheticConfig:
             raise ConfigError(f"data.synthetic.noise must be >= 0, got {self.noise}")
         if self.watch_taste < 0:
             raise ConfigError(f"data.synthetic.watch_taste must be >= 0, got {self.watch_taste}")
+        if self.movies_csv is not None and self.catalogue is not None:
+            raise ConfigError("data.synthetic.movies_csv and data.synthetic.catalogue both name a catalogue; give one")
 
 
 @dataclass

@@ -382,7 +382,7 @@ class BatchLoader:
                 negatives = torch.cat([self.negatives.sample(self.rows.user[share], _generator(self.seed, self.epoch, v, step))
                                        for v, share in zip(self._own, shares)])  # fmt: skip
             yield self.builder.build(self.rows, torch.cat(shares), self.leave_one_out, negatives,
-                                     _generator(self.seed, self.epoch, len(self._take), step))
+                                     generator=_generator(self.seed, self.epoch, len(self._take), step))
 
 
 def _generator(*parts: int) -> torch.Generator:

@@ -1,4 +1,5 @@
-"""The built-in dataset: a synthetic release in exact ml-25m CSV format, with planted structure a model can learn.
+"""The built-in dataset: a synthetic release in exact ml-25m CSV format (or ml-1m's `.dat` layout), with planted
+structure a model can learn.
 
 Each rating is `mu + user_bias + movie_quality + alpha * <user_taste, movie_latent> + noise`, rounded to half stars
 and clipped to 0.5..5.0. A movie's latent vector is the mean of its genres' vectors plus a movie-specific part, and
@@ -38,6 +39,7 @@ CLUSTER_TAGS = [
 ]
 MEAN_RATING = 3.5
 _STARS = pa.array([f"{h / 2:.1f}" for h in range(11)])  # "0.0", "0.5", ..., "5.0"
+_WHOLE_STARS = pa.array([str(h // 2) for h in range(11)])  # by half-star count: "0", "0", "1", "1", ... "5"
 
 
 @dataclass
@@ -79,7 +81,8 @@ BLOCK_RATINGS = 4_000_000
 
 
 def generate(cfg: SyntheticConfig, out_dir: str | Path) -> Path:
-    """Write ratings.csv, movies.csv, links.csv, tags.csv and truth.npz for `cfg` into `out_dir`.
+    """Write ratings.csv, movies.csv, links.csv, tags.csv and truth.npz for `cfg` into `out_dir` (with
+    layout=ml-1m: ratings.dat, movies.dat, users.dat and truth.npz).
 
     Vectorised throughout, and a block of users at a time (about BLOCK_RATINGS ratings): 25M ratings take about
     a minute on two cores, and memory does not grow with the release (a release of one block is drawn exactly
@@ -97,7 +100,10 @@ def generate(cfg: SyntheticConfig, out_dir: str | Path) -> Path:
     shares = np.array([activity[b].sum() for b in blocks]) / activity.sum()
     targets = [cfg.num_ratings] if len(blocks) == 1 else rng.multinomial(cfg.num_ratings, shares).tolist()
     first_seen = None
-    with _CsvAppender(out / "ratings.csv", RATINGS_HEADER) as ratings, _CsvAppender(out / "tags.csv", TAGS_HEADER) as tags:
+    dat = cfg.layout == "ml-1m"
+    ratings_sink = _DatAppender(out / "ratings.dat") if dat else _CsvAppender(out / "ratings.csv", RATINGS_HEADER)
+    tags_sink = _NoTags() if dat else _CsvAppender(out / "tags.csv", TAGS_HEADER)
+    with ratings_sink as ratings, tags_sink as tags:
         for block, target in zip(blocks, targets):
             tilt = (truth.user_taste, truth.movie_latent, cfg.watch_taste) if cfg.watch_taste else None
             users, movies = _sample_pairs(rng, block, activity[block], popularity, target, tilt)
@@ -109,24 +115,31 @@ def generate(cfg: SyntheticConfig, out_dir: str | Path) -> Path:
                 + rng.normal(0.0, cfg.noise, len(users)).astype(np.float32)
             )
             half_stars = np.clip(np.rint(score * 2), 1, 10).astype(np.int8)
+            if dat:  # ml-1m: whole stars 1..5
+                half_stars = (2 * np.clip(np.rint(score), 1, 5)).astype(np.int8)
             if first_seen is None:  # drawn here, after the first block's noise, as before blocks
                 first_seen = rng.integers(820_000_000, 1_560_000_000, cfg.num_users)  # 1996 .. 2019
             timestamps = first_seen[users] + rng.integers(0, 3 * 365 * 86_400, len(users))
-            ratings.write({"userId": pa.array(users + 1), "movieId": pa.array(movie_ids[movies]),
-                           "rating": pc.take(_STARS, pa.array(half_stars)), "timestamp": pa.array(timestamps)})  # fmt: skip
+            stars = pc.take(_WHOLE_STARS if dat else _STARS, pa.array(half_stars))
+            ratings.write({"userId": pa.array(users + 1), "movieId": pa.array(movie_ids[movies]), "rating": stars,
+                           "timestamp": pa.array(timestamps)})  # fmt: skip
             tags.write(_tags(rng, truth, users, movies, timestamps))
     genre_strings = [
         "|".join(genre_names[row]) if row.any() else "(no genres listed)" for row in movie_genres.astype(bool)
     ]
-    _write_csv(out / "movies.csv", {"movieId": pa.array(movie_ids), "title": titles, "genres": pa.array(genre_strings)})
-    _write_csv(
-        out / "links.csv",
-        {
-            "movieId": pa.array(movie_ids),
-            "imdbId": pa.array([f"{9_000_000 + m:07d}" for m in movie_ids]),
-            "tmdbId": pa.array(900_000 + movie_ids),
-        },
-    )
+    if dat:
+        _write_dat(out / "movies.dat", [movie_ids.tolist(), titles.to_pylist(), genre_strings])
+        _write_dat(out / "users.dat", _users(cfg, rng))
+    else:
+        _write_csv(out / "movies.csv", {"movieId": pa.array(movie_ids), "title": titles, "genres": pa.array(genre_strings)})
+        _write_csv(
+            out / "links.csv",
+            {
+                "movieId": pa.array(movie_ids),
+                "imdbId": pa.array([f"{9_000_000 + m:07d}" for m in movie_ids]),
+                "tmdbId": pa.array(900_000 + movie_ids),
+            },
+        )
     if cfg.media:
         write_media(out, movie_ids, titles.to_pylist(), truth.movie_quality, truth.movie_latent)
     truth.save(out / "truth.npz")
@@ -136,8 +149,8 @@ def generate(cfg: SyntheticConfig, out_dir: str | Path) -> Path:
 
 def _catalogue(cfg: SyntheticConfig, rng: np.random.Generator) -> tuple[np.ndarray, pa.Array, np.ndarray, np.ndarray]:
     """Movie ids, titles, genre vocabulary and the movies x genres multi-hot matrix."""
-    if cfg.movies_csv is not None:
-        return _borrowed_catalogue(Path(cfg.movies_csv), cfg.num_movies, rng)
+    if cfg.movies_csv is not None or cfg.catalogue is not None:
+        return _borrowed_catalogue(Path(cfg.movies_csv or cfg.catalogue), cfg.num_movies, rng)
     genre_names = np.array(list(GENRE_CLUSTERS))
     num_genres = len(genre_names)
     # MovieLens ids are sparse (movieId up to ~3x the count): keep that, so id mapping is exercised.
@@ -160,10 +173,14 @@ def _catalogue(cfg: SyntheticConfig, rng: np.random.Generator) -> tuple[np.ndarr
 
 
 def _borrowed_catalogue(path: Path, num_movies: int, rng: np.random.Generator):
-    from mmdlrm.data.movielens import _CSV, _split_genres
+    """The catalogue of a movies.csv file, or of a release folder of any layout (its movies file)."""
+    from mmdlrm.data.movielens import _CSV, _split_genres, read_catalogue
     from mmdlrm.data.tables import read_table
 
-    movies = _split_genres(read_table(path, {"movieId": pa.int64(), "title": pa.string(), "genres": pa.string()}, _CSV))
+    if path.is_dir():
+        movies = read_catalogue(path)[0].rename_columns(["movieId", "title", "genres"])
+    else:
+        movies = _split_genres(read_table(path, {"movieId": pa.int64(), "title": pa.string(), "genres": pa.string()}, _CSV))
     if num_movies < movies.num_rows:
         movies = movies.take(np.sort(rng.choice(movies.num_rows, num_movies, replace=False)))
     genre_lists = movies["genres"].to_pylist()
@@ -244,6 +261,21 @@ def _tags(rng: np.random.Generator, truth: PlantedTruth, users: np.ndarray, movi
             "tag": pa.array(words[word]), "timestamp": pa.array(timestamps[rows] + 60)}  # fmt: skip
 
 
+def _users(cfg: SyntheticConfig, rng: np.random.Generator) -> list[list]:
+    """users.dat columns (UserID, Gender, Age code, Occupation, Zip-code) for users 1..num_users: the borrowed
+    release's own users.dat rows where it has one (in order, reused round-robin beyond its count), else drawn."""
+    from mmdlrm.data.movielens import read_users
+
+    real = read_users(cfg.catalogue, "dat") if cfg.catalogue is not None else None
+    ids = list(range(1, cfg.num_users + 1))
+    if real is not None:
+        rows = np.arange(cfg.num_users) % real.num_rows
+        return [ids, *(real[c].take(rows).to_pylist() for c in ("gender", "age", "occupation", "zip"))]
+    ages = np.array([1, 18, 25, 35, 45, 50, 56])
+    return [ids, rng.choice(["M", "F"], cfg.num_users).tolist(), ages[rng.integers(0, 7, cfg.num_users)].tolist(),
+            rng.integers(0, 21, cfg.num_users).tolist(), [f"{z:05d}" for z in rng.integers(0, 100_000, cfg.num_users)]]  # fmt: skip
+
+
 RATINGS_HEADER = ["userId", "movieId", "rating", "timestamp"]
 TAGS_HEADER = ["userId", "movieId", "tag", "timestamp"]
 
@@ -269,6 +301,54 @@ class _CsvAppender:
             self.tmp.replace(self.path)
         else:
             self.tmp.unlink(missing_ok=True)
+
+
+class _DatAppender:
+    """ratings.dat as ml-1m writes it (`UserID::MovieID::Rating::Timestamp`, no header), a table at a time, into a
+    .tmp file renamed into place when the `with` block ends without an error."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.tmp = path, path.with_suffix(".dat.tmp")
+
+    def __enter__(self) -> _DatAppender:
+        self.sink = open(self.tmp, "w", encoding="latin-1", newline="\n")
+        return self
+
+    def write(self, columns: dict[str, pa.Array]) -> None:
+        values = [c.to_numpy(zero_copy_only=False) for c in columns.values()]
+        self.sink.writelines(f"{u}::{m}::{r}::{t}\n" for u, m, r, t in zip(*values))
+
+    def __exit__(self, kind, value, traceback) -> None:
+        self.sink.close()
+        if kind is None:
+            self.tmp.replace(self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+class _NoTags:
+    """The tags sink of a layout without tags (ml-1m)."""
+
+    def __enter__(self) -> _NoTags:
+        return self
+
+    def write(self, columns: dict) -> None:
+        pass
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def _write_dat(path: Path, columns: list[list]) -> None:
+    """A `::`-separated file as ml-1m writes it: no header, Latin-1 (UTF-8 where a title needs it)."""
+    text = "".join("::".join(map(str, row)) + "\n" for row in zip(*columns))
+    try:
+        data = text.encode("latin-1")
+    except UnicodeEncodeError:  # a borrowed title outside Latin-1 (e.g. from ml-25m): the readers take UTF-8 too
+        data = text.encode("utf-8")
+    tmp = path.with_suffix(".dat.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
 
 
 def _write_csv(path: Path, columns: dict[str, pa.Array]) -> None:

@@ -104,6 +104,7 @@ def build_index(vectors: np.ndarray, cfg: RetrievalConfig) -> faiss.Index:
     else:
         index = faiss.IndexHNSWFlat(dim, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = max(40, 2 * cfg.hnsw_m)
+        index.hnsw.efSearch = max(4 * cfg.nprobe, 128)  # as searched (MovieIndex._tune); enough for a top 100
     index.add(vectors)
     return index
 

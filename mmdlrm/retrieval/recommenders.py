@@ -90,27 +90,32 @@ class IndexRecommender:
         self.run, self.index = run, index
         self.name = f"two-tower, {index.manifest['kind']} index"
 
-    def user_vectors(self, users: np.ndarray) -> np.ndarray:
-        """The query tower's unit vectors of `users` (U x dim float32)."""
-        with torch.no_grad():
-            dense, sparse = self.run.builder.queries(torch.as_tensor(users, dtype=torch.int64))
-            return self.run.model.task.model.encode_queries(dense, sparse)[0].numpy()
-
-    def movie_vectors(self, movies: np.ndarray) -> np.ndarray:
-        """The candidate tower's unit vectors of `movies` (contiguous ids; M x dim float32)."""
-        with torch.no_grad():
-            dense, sparse, ids = self.run.builder.candidates(torch.as_tensor(movies, dtype=torch.int64))
-            return self.run.model.task.model.encode_candidates(dense, sparse, ids)[0].numpy()
-
     def top_k(self, users, k, exclude):
         if len(users) == 0:
             return np.empty((0, k), np.int64), np.empty((0, k), np.float32)
-        return self.index.search(self.user_vectors(users), k, exclude)
+        return self.index.search(user_vectors(self.run, users), k, exclude)
 
     def similar(self, movie: int, k: int) -> list[tuple[int, float]]:
         """The k movies whose vectors are nearest (inner product of unit vectors: cosine) to `movie`'s."""
-        movies, scores = self.index.search(self.movie_vectors(np.array([movie])), k, [np.array([movie])])
+        movies, scores = self.index.search(movie_vectors(self.run, np.array([movie])), k, [np.array([movie])])
         return [(int(m), float(s)) for m, s in zip(movies[0], scores[0]) if m >= 0]
+
+
+def user_vectors(run: Run, users: np.ndarray) -> np.ndarray:
+    """A retrieval run's query-tower unit vectors of `users` (contiguous ids; U x dim float32)."""
+    with torch.no_grad():
+        dense, sparse = run.builder.queries(torch.as_tensor(users, dtype=torch.int64))
+        return run.model.task.model.encode_queries(dense, sparse)[0].numpy()
+
+
+def movie_vectors(run: Run, movies: np.ndarray | None = None) -> np.ndarray:
+    """A retrieval run's candidate-tower unit vectors of `movies` (contiguous ids; every movie if None)."""
+    with torch.no_grad():
+        if movies is None:
+            dense, sparse, ids = run.builder.catalogue()
+        else:
+            dense, sparse, ids = run.builder.candidates(torch.as_tensor(movies, dtype=torch.int64))
+        return run.model.task.model.encode_candidates(dense, sparse, ids)[0].numpy()
 
 
 class TwoStageRecommender:
@@ -158,15 +163,13 @@ def ensure_index(run: Run) -> MovieIndex:
 def build_run_index(run: Run) -> MovieIndex:
     """Encode every movie with the run's candidate tower, index the vectors, save the index with its manifest."""
     cfg = run.model.config.model.retrieval
-    with torch.no_grad():
-        dense, sparse, movies = run.builder.catalogue()
-        vectors = run.model.task.model.encode_candidates(dense, sparse, movies)[0].numpy()
+    vectors = movie_vectors(run)
     index = build_index(vectors, cfg)
     manifest = {"format": 1, "kind": cfg.index, "settings": settings_of(cfg), "dim": int(vectors.shape[1]),
                 "movies": int(vectors.shape[0]), "model": model_fingerprint(run.folder / "model.pt")}  # fmt: skip
     if cfg.index != "flat":  # how much of the exact top 100 the approximate index finds, on a sample of users
         sample = np.random.default_rng(0).choice(run.data.num_users, min(1000, run.data.num_users), replace=False)
-        queries = IndexRecommender(run, MovieIndex(index, manifest)).user_vectors(np.sort(sample))
+        queries = user_vectors(run, np.sort(sample))
         manifest["recall_at_100_vs_exact"] = recall_against_exact(index, vectors, queries, 100)
         log.info("%s index: recall@100 against exact search %.4f", cfg.index, manifest["recall_at_100_vs_exact"])
     save_index(run.folder, index, manifest)

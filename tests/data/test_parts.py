@@ -23,7 +23,7 @@ BATCH = 96
 class _Rows:
     """A stand-in for BatchBuilder that returns the split positions of the rows asked for: what a batch holds."""
 
-    def build(self, rows: SplitRows, index: torch.Tensor, leave_one_out: bool = False, negatives=None) -> torch.Tensor:
+    def build(self, rows: SplitRows, index: torch.Tensor, leave_one_out: bool = False, negatives=None, generator=None) -> torch.Tensor:
         return rows.positions()[index]
 
 

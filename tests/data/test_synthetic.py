@@ -5,7 +5,7 @@ import pyarrow.csv as pacsv
 import pytest
 
 from mmdlrm.config import ConfigError, SyntheticConfig
-from mmdlrm.data.movielens import read_release
+from mmdlrm.data.movielens import read_catalogue, read_release, read_users
 from mmdlrm.data.synthetic import GENRE_CLUSTERS, PlantedTruth, generate
 from tests.conftest import shared
 
@@ -90,3 +90,25 @@ def test_borrowed_real_catalogue(tmp_path):
     titles = dict(zip(real["movieId"].to_pylist(), real["title"].to_pylist()))
     for movie in release.movies.to_pylist()[:20]:
         assert titles[movie["movie_id"]] == movie["title"]
+
+
+def test_ml_1m_layout_is_read_as_ml_1m_with_whole_stars_and_demographics(tmp_path):
+    cfg = SyntheticConfig(num_users=60, num_movies=40, num_ratings=800, layout="ml-1m", media=False, seed=4)
+    out = generate(cfg, tmp_path / "release")
+    assert sorted(p.name for p in out.iterdir()) == ["movies.dat", "ratings.dat", "truth.npz", "users.dat"]
+    release = read_release(out)
+    assert release.kind == "dat" and release.ratings.num_rows == 800 and release.movies.num_rows == 40
+    stars = release.ratings["rating"].to_numpy()
+    assert set(np.unique(stars)) <= {1.0, 2.0, 3.0, 4.0, 5.0}
+    assert release.users.num_rows == 60 and set(release.users["gender"].to_pylist()) <= {"M", "F"}
+
+
+def test_a_release_folder_lends_its_catalogue_and_users(tmp_path):
+    ml1m = shared("ml-1m")
+    cfg = SyntheticConfig(num_users=50, num_movies=100, num_ratings=1000, layout="ml-1m", catalogue=str(ml1m), media=False)
+    release = read_release(generate(cfg, tmp_path / "release"))
+    real_movies, _ = read_catalogue(ml1m)
+    titles = dict(zip(real_movies["movie_id"].to_pylist(), real_movies["title"].to_pylist()))
+    assert all(titles[m] == t for m, t in zip(release.movies["movie_id"].to_pylist(), release.movies["title"].to_pylist()))
+    real_users = read_users(ml1m, "dat")
+    assert release.users["zip"].to_pylist() == real_users["zip"].to_pylist()[:50]
