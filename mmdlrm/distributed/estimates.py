@@ -17,8 +17,9 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from mmdlrm.distributed.planner import GIB, RESERVED_FRACTION, Cluster
 
-PHASES = ("fwd_compute", "fwd_comms", "bwd_compute", "bwd_comms", "input_dist_comms")
-"""The parts of a rank's estimated time (ms per batch) that are reported; TorchRec's Perf field names."""
+PHASES = {"fwd_compute": "fwd compute", "fwd_comms": "fwd comms", "bwd_compute": "bwd compute", "bwd_comms": "bwd comms",
+          "input_dist_comms": "input dist"}  # fmt: skip
+"""The parts of a rank's estimated time (ms per batch) that are reported: TorchRec's Perf field -> label."""
 ADAMW_BYTES_PER_PARAMETER = 16
 """A replicated fp32 parameter: its value, gradient and AdamW's two moments, 4 bytes each."""
 
@@ -103,6 +104,8 @@ class TablePlacement:
     ranks: list[int]
     hbm: int
     ddr: int
+    shards: list[dict] = field(default_factory=list)
+    """Each shard's rank, offset and size (rows, columns), as the plan places it."""
 
 
 def placements(options: list[ShardingOption]) -> list[TablePlacement]:
@@ -111,8 +114,10 @@ def placements(options: list[ShardingOption]) -> list[TablePlacement]:
     for option in options:
         rows, dim = option.tensor.shape
         ranks = sorted({s.rank for s in option.shards})
+        shards = [{"rank": s.rank, "offset": list(s.offset), "size": list(s.size)} for s in option.shards]
         out.append(TablePlacement(option.name, rows, dim, option.sharding_type, option.compute_kernel, ranks,
-                                  sum(s.storage.hbm for s in option.shards), sum(s.storage.ddr for s in option.shards)))  # fmt: skip
+                                  sum(s.storage.hbm for s in option.shards), sum(s.storage.ddr for s in option.shards),
+                                  shards))  # fmt: skip
     return out
 
 
@@ -144,6 +149,9 @@ class Estimate:
         out["cluster"] |= {"nodes": self.cluster.nodes}
         out["capacity"], out["available"] = _storage(self.capacity), _storage(self.available)
         out["reserved_fraction_of_hbm"] = RESERVED_FRACTION
+        topology = self.cluster.topology()
+        out["bandwidth_gib_per_s"] = {name: getattr(topology, name) * 1000 / GIB for name in  # from bytes per ms
+                                      ("intra_host_bw", "inter_host_bw", "hbm_mem_bw", "ddr_mem_bw", "hbm_to_ddr_mem_bw")}  # fmt: skip
         out["global_batch"] = self.batch_size * self.cluster.world_size
         out["step_ms"] = {"comms": self.comms_ms, "compute": self.compute_ms, "total": self.step_ms}
         for rank in out["ranks"]:
@@ -153,30 +161,32 @@ class Estimate:
     def summary(self) -> str:
         """Tables, memory per rank against capacity, estimated time per rank and per step, as printed."""
         world = self.cluster.world_size
-        lines = [f"plan for {self.cluster}; batches of {self.batch_size:,} rows per rank "
-                 f"({self.batch_size * world:,} global)", "",
-                 f"{'table':<14}{'rows':>15}{'dim':>6}  {'sharding':<18}{'kernel':<19}{'ranks':<12}{'HBM GiB':>10}{'DDR GiB':>10}"]  # fmt: skip
-        for t in self.tables:
-            lines.append(f"{t.name:<14}{t.rows:>15,}{t.dim:>6}  {t.sharding_type:<18}{t.compute_kernel:<19}"
-                         f"{_ranges(t.ranks):<12}{t.hbm / GIB:>10.2f}{t.ddr / GIB:>10.2f}")  # fmt: skip
-        hbm_cap, ddr_cap = self.available.hbm / GIB, self.available.ddr / GIB
-        lines += ["", f"tables' memory per rank, against what the planner leaves them ({RESERVED_FRACTION:.0%} of HBM "
-                  "reserved):", f"{'ranks':<12}{'HBM GiB':>20}{'DDR GiB':>22}"]  # fmt: skip
-        memory = [(f"{r.hbm / GIB:.2f} / {hbm_cap:,.1f}", f"{r.ddr / GIB:.2f} / {ddr_cap:,.1f}") for r in self.ranks]
-        lines += [f"{ranks:<12}{hbm:>20}{ddr:>22}" for ranks, (hbm, ddr) in _grouped(memory)]
-        reserved = RESERVED_FRACTION * self.capacity.hbm if self.cluster.device == "cuda" else self.capacity.ddr - self.available.ddr
-        within = "within" if self.replicated <= reserved else "MORE than"
-        where = "the reserved HBM" if self.cluster.device == "cuda" else "what the tables leave of DDR"
-        lines.append(f"replicated on every rank besides the tables (dense arches + AdamW state, content vectors): "
-                     f"{self.replicated / GIB:.2f} GiB, {within} {where} ({reserved / GIB:,.1f} GiB)")  # fmt: skip
-        lines += ["", "estimated ms per batch on each rank (TorchRec's cost model):",
-                  f"{'ranks':<12}" + "".join(f"{p.replace('_comms', ' comms').replace('_', ' '):>16}" for p in PHASES)
-                  + f"{'total':>10}"]  # fmt: skip
-        times = [tuple(f"{r.ms[p]:.3f}" for p in PHASES) + (f"{r.total_ms:.3f}",) for r in self.ranks]
-        lines += [f"{ranks:<12}" + "".join(f"{v:>16}" for v in row[:-1]) + f"{row[-1]:>10}" for ranks, row in _grouped(times)]
-        lines.append(f"estimated step (critical path over the ranks): comms {self.comms_ms:.3f} ms + compute "
-                     f"{self.compute_ms:.3f} ms = {self.step_ms:.3f} ms for {self.batch_size * world:,} rows")  # fmt: skip
-        return "\n".join(lines)
+        out = [f"plan for {self.cluster}; batches of {self.batch_size:,} rows per rank ({self.batch_size * world:,} "
+               "global)", ""]  # fmt: skip
+        gpu = self.cluster.device == "cuda"  # CPU ranks have no HBM: their tables live in DDR
+        tiers = ["HBM", "DDR"] if gpu else ["DDR"]
+        held = lambda hbm, ddr: [_bytes(hbm), _bytes(ddr)] if gpu else [_bytes(ddr)]  # noqa: E731
+        out += _columns(["table", "rows", "dim", "sharding", "kernel", "ranks", *tiers], "lrrlll" + "r" * len(tiers),
+                        [[t.name, f"{t.rows:,}", str(t.dim), t.sharding_type, t.compute_kernel, _ranges(t.ranks),
+                          *held(t.hbm, t.ddr)] for t in self.tables])  # fmt: skip
+        reserved = f" ({RESERVED_FRACTION:.0%} of HBM reserved)" if gpu else ""
+        out += ["", f"tables' memory per rank, of what the planner leaves them{reserved}:"]
+        memory = [tuple(f"{used} / {cap}" for used, cap in zip(held(r.hbm, r.ddr), held(self.available.hbm, self.available.ddr)))
+                  for r in self.ranks]  # fmt: skip
+        out += _columns(["ranks", *tiers], "l" + "r" * len(tiers), [[ranks, *row] for ranks, row in _grouped(memory)])
+        if self.cluster.device == "cuda":
+            reserved = self.capacity.hbm - self.available.hbm
+            room = f"{'within' if self.replicated <= reserved else 'MORE than'} the {_bytes(reserved)} of HBM reserved"
+        else:
+            room = "in DDR besides the tables (the planner reserves nothing for it on CPU)"
+        out.append(f"replicated on every rank (dense arches + AdamW state, content vectors): {_bytes(self.replicated)}, "
+                   f"{room}")  # fmt: skip
+        out += ["", "estimated ms per batch on each rank (TorchRec's cost model):"]
+        times = [tuple(f"{r.ms[p]:.3g}" for p in PHASES) + (f"{r.total_ms:.3g}",) for r in self.ranks]
+        out += _columns(["ranks", *PHASES.values(), "total"], "l" + "r" * (len(PHASES) + 1), [[r, *row] for r, row in _grouped(times)])
+        out.append(f"estimated step (critical path over the ranks): comms {self.comms_ms:.3g} ms + compute "
+                   f"{self.compute_ms:.3g} ms = {self.step_ms:.3g} ms for {self.batch_size * world:,} rows")  # fmt: skip
+        return "\n".join(out)
 
 
 def estimate(options: list[ShardingOption], cluster: Cluster, available: Storage, batch_size: int,
@@ -186,6 +196,20 @@ def estimate(options: list[ShardingOption], cluster: Cluster, available: Storage
     comms, compute = critical_path(options)
     return Estimate(cluster, capacity, available, batch_size, placements(options), rank_loads(options, cluster.world_size),
                     comms, compute, replicated)  # fmt: skip
+
+
+def _bytes(n: float) -> str:
+    """1234567 -> '1.2 MiB' (GiB from 1 GiB up, KiB below 1 MiB)."""
+    if n >= GIB:
+        return f"{n / GIB:,.2f} GiB"
+    return f"{n / 2**20:,.1f} MiB" if n >= 2**20 else f"{n / 2**10:,.1f} KiB"
+
+
+def _columns(header: list[str], align: str, rows: list[list[str]]) -> list[str]:
+    """Fixed-width lines: each column as wide as its widest cell, `l`eft- or `r`ight-aligned, two spaces apart."""
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    fmt = lambda cells: "  ".join(c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(cells, widths, align))  # noqa: E731
+    return [fmt(header).rstrip(), *(fmt(r).rstrip() for r in rows)]
 
 
 def _storage(storage: Storage) -> dict[str, int]:

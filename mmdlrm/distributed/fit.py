@@ -34,6 +34,11 @@ class Need:
         return sum(max(0, self.total[t] - world_size * getattr(available, t), self.largest[t] - getattr(available, t))
                    for t in TIERS)  # fmt: skip
 
+    def one_rank_binds(self, world_size: int, available: Storage) -> bool:
+        """Whether its largest shard, rather than its total, is what one rank / all ranks cannot hold."""
+        over = lambda t: (self.largest[t] - getattr(available, t), self.total[t] - world_size * getattr(available, t))  # noqa: E731
+        return any(rank > 0 and rank >= whole for rank, whole in map(over, TIERS))
+
     def room(self, world_size: int, available: Storage) -> float:
         """The largest factor this placement's memory could grow by and still fit (below 1: it does not fit)."""
         ratios = [world_size * getattr(available, t) / self.total[t] for t in TIERS if self.total[t]]
@@ -47,8 +52,8 @@ class Need:
     def __str__(self) -> str:
         shards = len(self.option.shards)
         where = " and ".join(f"{self.total[t] / GIB:,.1f} GiB of {t.upper()}" for t in TIERS if self.total[t] >= GIB / 100)
-        return (f"{self.option.sharding_type} with {self.option.compute_kernel} over {shards} "
-                f"rank{'s' if shards > 1 else ''} needs {where or 'under 0.01 GiB'}")  # fmt: skip
+        return (f"its smallest placement ({self.option.sharding_type}, {self.option.compute_kernel}, over {shards} "
+                f"rank{'s' if shards > 1 else ''}) needs {where or 'under 0.01 GiB'}")  # fmt: skip
 
 
 def ranks_for(total: dict[str, int], available: Storage) -> int | None:
@@ -76,16 +81,18 @@ def explain(search_space: list[ShardingOption], cluster: Cluster, available: Sto
     world = cluster.world_size
     per_table = needs(search_space)
     best = {name: min(options, key=lambda n: n.short(world, available)) for name, options in per_table.items()}
-    room = (f"{cluster} leaves {world * available.hbm / GIB:,.1f} GiB of HBM and {world * available.ddr / GIB:,.1f} "
-            f"GiB of DDR to tables ({RESERVED_FRACTION:.0%} of HBM reserved)")  # fmt: skip
+    left = f"HBM and {{:,.1f}} GiB of DDR to tables ({RESERVED_FRACTION:.0%} of HBM reserved)"
+    on_one = f"one rank leaves {available.hbm / GIB:,.1f} GiB of " + left.format(available.ddr / GIB)
+    on_all = f"the ranks leave {world * available.hbm / GIB:,.1f} GiB of " + left.format(world * available.ddr / GIB)
     too_big = sorted((n for n in best if best[n].short(world, available) > 0), key=lambda n: -best[n].short(world, available))
     if too_big:
         name = too_big[0]
         need = best[name]
         rows, dim = need.option.tensor.shape
-        others = f" ({', '.join(too_big[1:])} do not fit either)" if len(too_big) > 1 else ""
-        head = (f"table {name} ({rows:,} rows x {dim}) does not fit{others}: its smallest placement, {need}, and "
-                f"{room}: {need.short(world, available) / GIB:,.1f} GiB short")  # fmt: skip
+        others = f" ({', '.join(too_big[1:])} neither)" if len(too_big) > 1 else ""
+        room = on_one if need.one_rank_binds(world, available) else on_all
+        head = (f"table {name} ({rows:,} rows x {dim}) does not fit on {cluster}{others}: {need}, and {room}: "
+                f"{need.short(world, available) / GIB:,.1f} GiB short")  # fmt: skip
         fixes = _fixes(name, per_table[name], need, cluster, available, cfg, dim)
     else:  # each fits on its own, not all together: count them as one
         totals = {t: sum(best[n].total[t] for n in best) for t in TIERS}
@@ -93,7 +100,8 @@ def explain(search_space: list[ShardingOption], cluster: Cluster, available: Sto
         largest = sorted(best, key=lambda n: -sum(best[n].total.values()))[:3]
         sizes = ", ".join(f"{n} {sum(best[n].total.values()) / GIB:,.1f} GiB" for n in largest)
         wanted = " and ".join(f"{totals[t] / GIB:,.1f} GiB of {t.upper()}" for t in TIERS if totals[t])
-        head = f"the tables fit one at a time but not together: they need at least {wanted} (largest: {sizes}), and {room}"
+        head = (f"the tables fit on {cluster} one at a time but not together: they need at least {wanted} (largest: "
+                f"{sizes}), and {on_all}")  # fmt: skip
         dim = max(n.option.tensor.shape[1] for n in best.values())
         ranks = ranks_for(totals, available)
         fixes = [_ranks_fix(ranks, cluster)] if ranks and ranks > world else []
@@ -115,7 +123,7 @@ def _fixes(name: str, options: list[Need], best: Need, cluster: Cluster, availab
         if cached:
             ddr = min(n.total["ddr"] for n in cached) / cluster.world_size
             if ddr > available.ddr:
-                fixes.append(f"{math.ceil(ddr / GIB):,} GiB of DDR per rank (--ddr-gib) for fused_uvm_caching")
+                fixes.append(f"{math.ceil(ddr / GIB):,} GiB of DDR per rank (--ddr-gib) with fused_uvm_caching")
     fixes += _smaller_dim(best, cluster, available, dim)
     wanted = cfg.table(feature)
     if wanted.sharding_type or wanted.compute_kernel:

@@ -30,6 +30,9 @@ RESERVED_FRACTION = 0.15
 """Share of each rank's HBM the planner keeps free for what it does not place (dense arches and their optimiser
 state, inputs, activations): FixedPercentageStorageReservation."""
 GIB = 2**30
+DEFAULT_RANKS_PER_NODE = 8
+DEFAULT_HBM_GIB = 80.0
+"""A described cluster's GPUs, unless told otherwise: 8 per node (an HGX / DGX node) of 80 GiB (A100 / H100)."""
 
 
 def supported_sharding_types(device: torch.device | str) -> tuple[str, ...]:
@@ -80,9 +83,10 @@ def this_world(world_size: int, local_world_size: int, device: torch.device) -> 
     return Cluster(world_size, local_world_size, "cpu", ddr_bytes=host_memory // local_world_size)
 
 
-def described(nodes: int, per_node: int, device: Literal["cuda", "cpu"], hbm_gib: float | None,
-              ddr_gib: float | None) -> Cluster:  # fmt: skip
-    """A cluster that need not exist: `nodes` x `per_node` ranks of `device`, memory per rank in GiB.
+def described(nodes: int = 1, per_node: int = DEFAULT_RANKS_PER_NODE, device: Literal["cuda", "cpu"] = "cuda",
+              hbm_gib: float | None = None, ddr_gib: float | None = None) -> Cluster:  # fmt: skip
+    """A cluster that need not exist: `nodes` x `per_node` ranks of `device`, memory per rank in GiB (HBM:
+    DEFAULT_HBM_GIB on CUDA unless given; DDR: TorchRec's default, 128 GiB, unless given).
 
     Raises:
         ConfigError: a count below 1, a memory size not above 0, or HBM asked of CPU ranks.
@@ -94,7 +98,9 @@ def described(nodes: int, per_node: int, device: Literal["cuda", "cpu"], hbm_gib
         if value is not None and value <= 0:
             raise ConfigError(f"{name} must be above 0, got {value}")
     if device == "cpu" and hbm_gib is not None:
-        raise ConfigError("--hbm-gib describes GPU memory; CPU ranks hold their tables in DDR (--ddr-gib)")
+        raise ConfigError("--hbm-gib describes GPU memory; CPU ranks hold their tables in DDR: give --ddr-gib")
+    if device == "cuda" and hbm_gib is None:
+        hbm_gib = DEFAULT_HBM_GIB
     size = lambda gib: None if gib is None else int(gib * GIB)  # noqa: E731
     return Cluster(nodes * per_node, per_node, device, size(hbm_gib), size(ddr_gib))
 
