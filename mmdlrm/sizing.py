@@ -24,7 +24,7 @@ from mmdlrm.data.prepare import ensure_prepared
 from mmdlrm.distributed.env import DistEnv, launch_rank, pick_device
 from mmdlrm.distributed.estimates import Estimate, estimate, plan_text, replicated_bytes
 from mmdlrm.distributed.planner import Cluster, this_world
-from mmdlrm.distributed.sharding import plan_tables
+from mmdlrm.distributed.sharding import fuse_sparse_optimizer, plan_tables
 from mmdlrm.features.store import vector_dim
 from mmdlrm.features.vectors import content_stores
 from mmdlrm.model.tables import vocab_of
@@ -116,6 +116,7 @@ def plan_cluster(cfg: RunConfig, cluster: Cluster, sizes: Sizes) -> Sizing:
                           f"ranks; raise train.batch_size to at least {cluster.world_size}")  # fmt: skip
     vocab = vocab_of(cfg.model, sizes.counts)
     module = build_module(cfg, vocab, build_task(cfg.model, cfg.eval), content_dims(cfg, sizes.prepared), torch.device("meta"))
+    fuse_sparse_optimizer(module, cfg.sharding)  # as training does: the planner counts the optimiser's state
     planned = plan_tables(module, cfg.sharding, cluster, work)
     summary = estimate(planned.options, cluster, planned.available, work.rows_per_rank, replicated_bytes(module))
     return Sizing(plan_text(planned.plan, planned.estimated_bytes), summary, sizes, cfg)

@@ -100,8 +100,8 @@ def explain(search_space: list[ShardingOption], cluster: Cluster, available: Sto
         largest = sorted(best, key=lambda n: -sum(best[n].total.values()))[:3]
         sizes = ", ".join(f"{n} {sum(best[n].total.values()) / GIB:,.1f} GiB" for n in largest)
         wanted = " and ".join(f"{totals[t] / GIB:,.1f} GiB of {t.upper()}" for t in TIERS if totals[t])
-        head = (f"the tables fit on {cluster} one at a time but not together: they need at least {wanted} (largest: "
-                f"{sizes}), and {on_all}")  # fmt: skip
+        head = (f"the tables fit one at a time but not together on {cluster}: they need at least {wanted} "
+                f"(largest: {sizes}), and {on_all}")  # fmt: skip
         dim = max(n.option.tensor.shape[1] for n in best.values())
         ranks = ranks_for(totals, available)
         fixes = [_ranks_fix(ranks, cluster)] if ranks and ranks > world else []

@@ -103,7 +103,8 @@ def table_names(module: nn.Module) -> list[str]:
 
 def plan_tables(module: nn.Module, cfg: ShardingConfig, cluster: Cluster, workload: Workload) -> Planned:
     """Ask TorchRec's planner, in this process alone, for a plan over `cluster`, restricted to what its device
-    supports. Training (over its own world) and `mmdlrm plan` (over a described one) both plan here.
+    supports. Training (over its own world) and `mmdlrm plan` (over a described one) both plan here, after
+    `fuse_sparse_optimizer`.
 
     Raises:
         ConfigError: the tables do not fit: which, by how much, and what would make them fit.
@@ -138,6 +139,22 @@ def plan_sharding(module: nn.Module, cfg: ShardingConfig, env: DistEnv, workload
     return rank0_decides(env, decide)
 
 
+def fuse_sparse_optimizer(module: nn.Module, cfg: ShardingConfig) -> tuple[type[torch.optim.Optimizer], dict]:
+    """Attach the sparse optimiser to every table of `module`, to run inside the backward pass (FBGEMM fuses it).
+
+    Done before planning: the planner counts the optimiser's state (row-wise Adagrad: one float per row) in each
+    shard's memory. Returns the optimiser and its arguments, for the tables the plan leaves unfused.
+    """
+    optimizer_class = SPARSE_OPTIMIZERS[cfg.sparse_optimizer]
+    # FBGEMM's fused kernels default to eps=1e-8, torch's Adagrad to 1e-10: pin it so fused and unfused agree.
+    kwargs = {"lr": cfg.sparse_lr} if cfg.sparse_optimizer == "sgd" else {"lr": cfg.sparse_lr, "eps": ADAGRAD_EPS}
+    if cfg.sparse_weight_decay:
+        kwargs["weight_decay"] = cfg.sparse_weight_decay
+    tables = [p for m in module.modules() if isinstance(m, EmbeddingBagCollection) for p in m.parameters()]
+    apply_optimizer_in_backward(optimizer_class, tables, dict(kwargs))  # it adds keys
+    return optimizer_class, kwargs
+
+
 @dataclass
 class Sharded:
     """The model as DistributedModelParallel placed it, its optimisers, and how the tables were placed."""
@@ -168,13 +185,7 @@ def shard(
         workload: rows per rank and ids per row, for the planner's cost model.
     """
     check_capabilities(cfg, env.device, table_names(module))
-    optimizer_class = SPARSE_OPTIMIZERS[cfg.sparse_optimizer]
-    # FBGEMM's fused kernels default to eps=1e-8, torch's Adagrad to 1e-10: pin it so fused and unfused agree.
-    kwargs = {"lr": cfg.sparse_lr} if cfg.sparse_optimizer == "sgd" else {"lr": cfg.sparse_lr, "eps": ADAGRAD_EPS}
-    if cfg.sparse_weight_decay:
-        kwargs["weight_decay"] = cfg.sparse_weight_decay
-    table_params = [p for m in module.modules() if isinstance(m, EmbeddingBagCollection) for p in m.parameters()]
-    apply_optimizer_in_backward(optimizer_class, table_params, dict(kwargs))  # it adds keys
+    optimizer_class, kwargs = fuse_sparse_optimizer(module, cfg)
     plan, estimate = plan_sharding(module, cfg, env, workload)
     model = DistributedModelParallel(module, device=env.device, plan=plan, sharders=sharders(cfg))
     rest = dict(in_backward_optimizer_filter(model.named_parameters()))
