@@ -89,7 +89,7 @@ def explain(search_space: list[ShardingOption], cluster: Cluster, available: Sto
         name = too_big[0]
         need = best[name]
         rows, dim = need.option.tensor.shape
-        others = f" ({', '.join(too_big[1:])} neither)" if len(too_big) > 1 else ""
+        others = f" (nor {'do' if len(too_big) > 2 else 'does'} {', '.join(too_big[1:])})" if len(too_big) > 1 else ""
         room = on_one if need.one_rank_binds(world, available) else on_all
         head = (f"table {name} ({rows:,} rows x {dim}) does not fit on {cluster}{others}: {need}, and {room}: "
                 f"{need.short(world, available) / GIB:,.1f} GiB short")  # fmt: skip
@@ -125,11 +125,13 @@ def _fixes(name: str, options: list[Need], best: Need, cluster: Cluster, availab
             if ddr > available.ddr:
                 fixes.append(f"{math.ceil(ddr / GIB):,} GiB of DDR per rank (--ddr-gib) with fused_uvm_caching")
     fixes += _smaller_dim(best, cluster, available, dim)
-    wanted = cfg.table(feature)
-    if wanted.sharding_type or wanted.compute_kernel:
-        pinned = "/".join(x for x in (wanted.sharding_type, wanted.compute_kernel) if x)
-        key = f"sharding.tables.{feature}" if feature in cfg.tables else "sharding.plan"
-        fixes.append(f"{key} ({pinned}) left to the planner, which may split the table over ranks or cache it")
+    own, wanted = cfg.tables.get(feature), cfg.table(feature)
+    pinned = [f"sharding.tables.{feature}.sharding_type={own.sharding_type}" if own and own.sharding_type
+              else f"sharding.plan={wanted.sharding_type}" if wanted.sharding_type else None,
+              f"sharding.tables.{feature}.compute_kernel={wanted.compute_kernel}" if wanted.compute_kernel else None]  # fmt: skip
+    if any(pinned):
+        fixes.append(f"{' and '.join(p for p in pinned if p)} left out, so that the planner may split the table over "
+                     "ranks or cache it")  # fmt: skip
     return fixes
 
 

@@ -107,9 +107,20 @@ def test_a_table_too_large_for_the_whole_cluster_is_refused_with_its_name_sizes_
 
 def test_a_table_kept_on_one_rank_by_the_config_is_refused_with_the_constraint_named():
     cfg = ShardingConfig(plan="table_wise")
-    with pytest.raises(ConfigError, match=r"table t_user .* over 1 rank\) needs .* one rank leaves .*sharding.plan "
-                                          r"\(table_wise\) left to the planner"):  # fmt: skip
+    with pytest.raises(ConfigError, match=r"table t_user .* over 1 rank\) needs .* one rank leaves .*or sharding.plan="
+                                          r"table_wise left out, so that the planner may split the table"):  # fmt: skip
         plan_tables(_module({"user": 40_000_000}), cfg, described(1, 8, "cuda", 2, 2), Workload(512))
+
+
+def test_a_table_held_in_hbm_by_the_config_is_told_of_uvm_caching_which_fits():
+    cluster, rows = described(1, 8, "cuda", hbm_gib=1), 40_000_000  # 9.5 GiB of weights against 8 x 0.85 GiB of HBM
+    pinned = ShardingConfig(tables={"user": TableSharding(compute_kernel="fused")})
+    with pytest.raises(ConfigError, match="sharding.tables.user.compute_kernel=fused_uvm_caching") as refused:
+        plan_tables(_module({"user": rows}), pinned, cluster, Workload(512))
+    assert "sharding.tables.user.compute_kernel=fused left out" in str(refused.value)
+    cached = ShardingConfig(tables={"user": TableSharding(compute_kernel="fused_uvm_caching")})
+    planned = plan_tables(_module({"user": rows}), cached, cluster, Workload(512))
+    assert planned.options[0].compute_kernel == "fused_uvm_caching"
 
 
 def test_tables_that_fit_one_at_a_time_but_not_together_are_refused_as_such():
