@@ -1,4 +1,5 @@
-"""Command line: synth | prepare | features | train | sweep | evaluate | export | index | inspect | recommend | report.
+"""Command line: synth | prepare | features | train | sweep | evaluate | plan | export | index | inspect | recommend |
+report.
 
 The only place that reads argv.
 
@@ -81,10 +82,22 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, help="HTML file to write (default <run>/report.html)")
     report.add_argument("--ranker", type=Path, help="for a retrieval run: the run that re-ranks its candidates in the sample lists")
 
+    plan = sub.add_parser("plan", help="shard the run's tables over a described cluster with TorchRec's planner: "
+                          "the plan, memory and time per rank (no GPU needed; without options: this machine)")
+    plan.add_argument("--nodes", type=_positive, help="nodes of the described cluster (default 1)")
+    plan.add_argument("--gpus-per-node", type=_positive, help="ranks per node: GPUs, or CPU processes (default 8)")
+    plan.add_argument("--hbm-gib", type=float, help="GPU memory per rank in GiB (default 80)")
+    plan.add_argument("--ddr-gib", type=float, help="host memory per rank in GiB (default TorchRec's, 128)")
+    plan.add_argument("--device", choices=("cuda", "cpu"), help="the ranks' device (default cuda)")
+    plan.add_argument("--users", type=_positive, help="plan for a release of this many users (default: the dataset's)")
+    plan.add_argument("--movies", type=_positive, help="plan for a release of this many movies (default: the dataset's)")
+    plan.add_argument("--out", type=Path, help="folder for plan.txt and plan.json (default <output_dir>/plans/<name>-"
+                      "<nodes>x<ranks per node>-<device>)")  # fmt: skip
+
     export = sub.add_parser("export", help="write a run's best model as one plain file (<run>/model.pt)")
     export.add_argument("run", type=Path, help="run folder written by `mmdlrm train`")
     export.add_argument("--out", type=Path, help="file to write (default <run>/model.pt)")
-    for command in (synth, prepare, train, sweep, evaluate, clip):
+    for command in (synth, prepare, train, sweep, evaluate, clip, plan):
         command.add_argument("--config", type=Path, help="YAML config (see configs/)")
         command.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
     return parser
@@ -196,6 +209,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "features":
         return _features(cfg)
+    if args.command == "plan":
+        return _plan(args, cfg)
     if args.command == "prepare":
         from mmdlrm.data.prepare import prepare
 
@@ -253,6 +268,23 @@ def _recommend_all(args: argparse.Namespace) -> int:
         recommend_all(recommender, args.k, args.out, env, progress=sys.stderr.isatty())
     finally:
         teardown()
+    return 0
+
+
+def _plan(args: argparse.Namespace, cfg) -> int:
+    """Plan the run's tables over the described cluster (this machine's training world if none is described)."""
+    from mmdlrm import sizing
+    from mmdlrm.distributed.planner import DEFAULT_RANKS_PER_NODE, described
+
+    topology = (args.nodes, args.gpus_per_node, args.hbm_gib, args.ddr_gib, args.device)
+    if all(value is None for value in topology):
+        cluster = sizing.this_machine(cfg)
+    else:
+        cluster = described(args.nodes or 1, args.gpus_per_node or DEFAULT_RANKS_PER_NODE, args.device or "cuda",
+                            args.hbm_gib, args.ddr_gib)  # fmt: skip
+    planned = sizing.plan_cluster(cfg, cluster, sizing.release_sizes(cfg, args.users, args.movies))
+    print(f"{planned.plan}\n\n{planned.estimate.summary()}")
+    log.info("wrote plan.txt and plan.json to %s", sizing.write(planned, args.out or sizing.default_folder(cfg, cluster)))
     return 0
 
 

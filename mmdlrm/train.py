@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from torchrec.datasets.utils import Batch
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from tqdm import tqdm
@@ -23,6 +24,7 @@ from mmdlrm.data.prepare import Prepared, ensure_prepared, load_prepared
 from mmdlrm.data.tables import DataError
 from mmdlrm.distributed import checkpoint
 from mmdlrm.distributed.env import DistEnv, log0, rank0_decides
+from mmdlrm.distributed.planner import Workload
 from mmdlrm.distributed.sharding import Sharded, shard
 from mmdlrm.features.store import MovieVectors
 from mmdlrm.features.vectors import content_stores
@@ -30,7 +32,8 @@ from mmdlrm.features.vectors import load_content as load_vectors
 from mmdlrm.folders import FolderLock, naming_full_disk
 from mmdlrm.inspection.board import Board
 from mmdlrm.inspection.plots import plot_curves
-from mmdlrm.model.tables import vocab_of
+from mmdlrm.model.tables import Vocab, vocab_of
+from mmdlrm.schema import HISTORY_FEATURE
 from mmdlrm.tasks import Evaluation, Task, build_task
 
 log = logging.getLogger("mmdlrm")
@@ -72,15 +75,28 @@ def build_model(cfg: RunConfig, data: Prepared, env: DistEnv, task: Task, conten
     """
     content = load_content(cfg, data, env) if content is None else content
     torch.manual_seed(cfg.train.seed)
-    module = task.build_module(vocab_of(cfg.model, data.manifest["counts"]), cfg.features,
-                               {m: v.vectors.shape[1] for m, v in content.items()}, device=env.device)  # fmt: skip
+    vocab = vocab_of(cfg.model, data.manifest["counts"])
+    module = build_module(cfg, vocab, task, {m: v.vectors.shape[1] for m, v in content.items()}, env.device)
     for modality, vectors in content.items():
         module.model.content.set_vectors(modality, vectors.vectors, vectors.missing)
     module.init_output(task.initial_logit(data))
-    local_batch = cfg.train.batch_size // env.world_size
-    sparse = torch.nn.ModuleList(module.embedding_collections())
-    return shard(module, sparse, cfg.sharding, env, local_batch, cfg.model.embedding_dim, cfg.train.dense_lr,
-                 cfg.train.dense_weight_decay)
+    return shard(module, cfg.sharding, env, workload(cfg, env.world_size), cfg.train.dense_lr, cfg.train.dense_weight_decay)
+
+
+def build_module(cfg: RunConfig, vocab: Vocab, task: Task, content_dims: dict[str, int], device: torch.device) -> nn.Module:
+    """The module a run of `cfg` trains (the task's own: `task.build_module`), its tables sized by `vocab` and left
+    on the meta device (for DistributedModelParallel, or the planner alone, to place); the rest on `device`.
+
+    Training and `mmdlrm plan` both build it here, so that they plan the same tables.
+    """
+    return task.build_module(vocab, cfg.features, content_dims, device=device)
+
+
+def workload(cfg: RunConfig, world_size: int) -> Workload:
+    """What the planner's cost model is told about a run's batches: rows per rank, and the user history's length
+    as the ids its feature looks up per row (an upper bound: users with fewer training ratings have fewer)."""
+    ids = {HISTORY_FEATURE: float(cfg.model.history_length)} if cfg.model.history_length else {}
+    return Workload(cfg.train.batch_size // world_size, ids)
 
 
 def load_content(cfg: RunConfig, data: Prepared, env: DistEnv) -> dict[str, MovieVectors]:

@@ -1,23 +1,18 @@
-"""Sharding the embedding tables: the planner, DistributedModelParallel and the optimisers.
+"""Sharding the embedding tables: the planner's plan, DistributedModelParallel and the optimisers.
 
-The sparse optimiser is fused into the backward pass by FBGEMM (`apply_optimizer_in_backward`); dense parameters
-get their own Adam. Capabilities are checked here, before any process can hang in a collective.
+The planner's inputs are built in `planner.py`, for training and for `mmdlrm plan` alike; `plan_tables` is the
+one call both make. The sparse optimiser is fused into the backward pass by FBGEMM (`apply_optimizer_in_backward`);
+dense parameters get their own Adam. Capabilities are checked here, before any process can hang in a collective.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
-import torch.distributed as dist
-from fbgemm_gpu.split_table_batched_embeddings_ops_training import WeightDecayMode
 from torch import nn
 from torchrec.distributed import DistributedModelParallel
-from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
-from torchrec.distributed.planner import EmbeddingShardingPlanner
-from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
-from torchrec.distributed.planner.types import KernelConfig, ParameterConstraints, TopologyFactory, TrainerConfig
+from torchrec.distributed.planner.types import PlannerError, ShardingOption, Storage
 from torchrec.distributed.types import ShardingPlan
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
@@ -27,23 +22,24 @@ from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
 from mmdlrm.config import ConfigError, ShardingConfig, TableSharding
 from mmdlrm.distributed.env import DistEnv, rank0_decides
+from mmdlrm.distributed.estimates import memory_per_rank, plan_text
+from mmdlrm.distributed.fit import explain
+from mmdlrm.distributed.planner import (  # noqa: F401  (CPU_SHARDING_TYPES: tests and benchmarks import it from here)
+    CPU_SHARDING_TYPES,
+    Cluster,
+    Workload,
+    make_planner,
+    sharders,
+    supported_sharding_types,
+    table_feature,
+    tables_of,
+    this_world,
+)
 
-CPU_SHARDING_TYPES = ("data_parallel", "table_wise", "column_wise", "table_column_wise")
-CUDA_SHARDING_TYPES = (*CPU_SHARDING_TYPES, "row_wise", "table_row_wise")
 EMBEDDING_PARAM = ".embedding_bags."
 """Marks the embedding tables' weights among the model's parameter names."""
 ADAGRAD_EPS = 1e-8
 SPARSE_OPTIMIZERS = {"rowwise_adagrad": RowWiseAdagrad, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
-
-
-def supported_sharding_types(device: torch.device) -> tuple[str, ...]:
-    """Sharding types TorchRec can run on `device` (row-wise needs CUDA)."""
-    return CUDA_SHARDING_TYPES if device.type == "cuda" else CPU_SHARDING_TYPES
-
-
-def table_feature(table: str) -> str:
-    """The feature whose name a table carries (`t_user` -> `user`): the key of its `sharding.tables` entry."""
-    return table.removeprefix("t_")
 
 
 def check_capabilities(cfg: ShardingConfig, device: torch.device, tables: list[str]) -> None:
@@ -87,88 +83,76 @@ def check_capabilities(cfg: ShardingConfig, device: torch.device, tables: list[s
         raise ConfigError(f"sharding.sparse_optimizer={cfg.sparse_optimizer}; use one of {', '.join(SPARSE_OPTIMIZERS)}")
 
 
-def _topology(env: DistEnv):
-    if env.device.type == "cuda":
-        trainer = TrainerConfig(
-            world_size=env.world_size,
-            local_world_size=env.local_world_size,
-            hbm_cap_bytes=torch.cuda.get_device_properties(env.device).total_memory,
-        )
-    else:
-        host_memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        trainer = TrainerConfig(
-            world_size=env.world_size, local_world_size=env.local_world_size, ddr_cap_bytes=host_memory // env.local_world_size
-        )
-    return TopologyFactory.create_topology(trainer, kernel_config=KernelConfig(compute_device=env.device.type))
+@dataclass
+class Planned:
+    """A sharding plan and the planner's estimates for it (the chosen options only where it was made)."""
 
-
-def constraints(cfg: ShardingConfig, env: DistEnv, embedding_dim: int, tables: list[str]) -> dict[str, ParameterConstraints]:
-    """The planner's per-table constraints: the configured sharding type and kernel, or all the device supports.
-
-    Column-wise shards are at least `embedding_dim / world_size` wide (and a multiple of 4, as FBGEMM needs), so
-    that a column-wise table is split over the ranks rather than kept whole.
-    """
-    min_partition = max(4, embedding_dim // env.world_size // 4 * 4)
-    out = {}
-    for table in tables:
-        wanted = cfg.table(table_feature(table))
-        out[table] = ParameterConstraints(
-            sharding_types=[wanted.sharding_type] if wanted.sharding_type else _candidates(cfg, env.device),
-            compute_kernels=[wanted.compute_kernel] if wanted.compute_kernel else None,
-            min_partition=min_partition,
-        )
-    return out
-
-
-def sharders(cfg: ShardingConfig) -> list[EmbeddingBagCollectionSharder]:
-    """TorchRec's sharder, with the fused-kernel settings the optimiser's own arguments cannot carry."""
-    fused = {}
-    if cfg.sparse_weight_decay:  # the weight decay itself travels with the optimiser's arguments
-        fused["weight_decay_mode"] = WeightDecayMode.L2 if cfg.sparse_weight_decay_mode == "l2" else WeightDecayMode.DECOUPLE
-    return [EmbeddingBagCollectionSharder(fused_params=fused or None)]
+    plan: ShardingPlan
+    estimated_bytes: dict[int, int]
+    """The planner's memory estimate for the tables on each rank (weights, optimiser state, buffers)."""
+    options: list[ShardingOption] = field(default_factory=list)
+    """The planner's choice per table, each shard with its rank, storage and perf estimates."""
+    available: Storage | None = None
+    """What the planner left to the tables on one rank (its memory less the reservation)."""
 
 
 def table_names(module: nn.Module) -> list[str]:
     """Names of the embedding tables inside `module` (every EmbeddingBagCollection it holds)."""
-    return [t.name for m in module.modules() if isinstance(m, EmbeddingBagCollection) for t in m.embedding_bag_configs()]
+    return list(tables_of(module))
 
 
-def _candidates(cfg: ShardingConfig, device: torch.device) -> list[str]:
-    """Sharding types the planner may pick for a table without its own: all the device supports, but with sparse
-    weight decay only fused ones (data_parallel would decay rows no batch touched)."""
-    types = supported_sharding_types(device)
-    return [t for t in types if not (cfg.sparse_weight_decay and t == "data_parallel")]
+def plan_tables(module: nn.Module, cfg: ShardingConfig, cluster: Cluster, workload: Workload) -> Planned:
+    """Ask TorchRec's planner, in this process alone, for a plan over `cluster`, restricted to what its device
+    supports. Training (over its own world) and `mmdlrm plan` (over a described one) both plan here, after
+    `fuse_sparse_optimizer`.
+
+    Raises:
+        ConfigError: the tables do not fit: which, by how much, and what would make them fit.
+    """
+    tables = table_names(module)
+    check_capabilities(cfg, torch.device(cluster.device), tables)
+    planner, reservation = make_planner(cfg, cluster, workload, module)
+    try:
+        plan = planner.plan(module, sharders(cfg))
+    except PlannerError as err:
+        reserved, space = reservation.last_reserved_topology, planner.get_search_space()
+        if reserved is None or not space:
+            raise ConfigError(f"TorchRec's planner found no plan for {cluster}: {err}") from None
+        raise ConfigError(explain(space, cluster, reserved.devices[0].storage, cfg)) from None
+    options = planner.get_selected_options()
+    available = reservation.last_reserved_topology.devices[0].storage
+    return Planned(plan, memory_per_rank(options, cluster.world_size), options, available)
 
 
-def make_planner(
-    cfg: ShardingConfig, env: DistEnv, batch_size: int, embedding_dim: int, tables: list[str]
-) -> EmbeddingShardingPlanner:
-    """TorchRec's planner over this world's real topology (device, world size, memory per rank)."""
-    return EmbeddingShardingPlanner(
-        topology=_topology(env),
-        batch_size=batch_size,
-        constraints=constraints(cfg, env, embedding_dim, tables),
-        storage_reservation=FixedPercentageStorageReservation(percentage=0.15),
-    )
-
-
-def plan_sharding(
-    module: nn.Module, cfg: ShardingConfig, env: DistEnv, batch_size: int, embedding_dim: int
-) -> tuple[ShardingPlan, dict[int, int]]:
-    """Ask TorchRec's planner for a plan over the real topology, restricted to what the device supports.
+def plan_sharding(module: nn.Module, cfg: ShardingConfig, env: DistEnv, workload: Workload) -> tuple[ShardingPlan, dict[int, int]]:
+    """The plan for this world (device, world size, memory per rank), made on rank 0 and handed to every rank.
 
     Returns:
         the plan, and the planner's estimate of the tables' memory (weights, optimiser state, buffers) per rank.
     """
-    tables = table_names(module)
-    check_capabilities(cfg, env.device, tables)
-    planner = make_planner(cfg, env, batch_size, embedding_dim, tables)
-    plan = planner.collective_plan(module, sharders(cfg), dist.GroupMember.WORLD)
-    estimate = dict.fromkeys(range(env.world_size), 0)
-    for option in planner.get_selected_options():  # rank 0 planned for everyone (collective_plan broadcasts)
-        for placed in option.shards:
-            estimate[placed.rank] += placed.storage.ddr + placed.storage.hbm
-    return plan, rank0_decides(env, lambda: estimate)
+    cluster = this_world(env.world_size, env.local_world_size, env.device)
+
+    def decide() -> tuple[ShardingPlan, dict[int, int]]:
+        planned = plan_tables(module, cfg, cluster, workload)
+        return planned.plan, planned.estimated_bytes
+
+    return rank0_decides(env, decide)
+
+
+def fuse_sparse_optimizer(module: nn.Module, cfg: ShardingConfig) -> tuple[type[torch.optim.Optimizer], dict]:
+    """Attach the sparse optimiser to every table of `module`, to run inside the backward pass (FBGEMM fuses it).
+
+    Done before planning: the planner counts the optimiser's state (row-wise Adagrad: one float per row) in each
+    shard's memory. Returns the optimiser and its arguments, for the tables the plan leaves unfused.
+    """
+    optimizer_class = SPARSE_OPTIMIZERS[cfg.sparse_optimizer]
+    # FBGEMM's fused kernels default to eps=1e-8, torch's Adagrad to 1e-10: pin it so fused and unfused agree.
+    kwargs = {"lr": cfg.sparse_lr} if cfg.sparse_optimizer == "sgd" else {"lr": cfg.sparse_lr, "eps": ADAGRAD_EPS}
+    if cfg.sparse_weight_decay:
+        kwargs["weight_decay"] = cfg.sparse_weight_decay
+    tables = [p for m in module.modules() if isinstance(m, EmbeddingBagCollection) for p in m.parameters()]
+    apply_optimizer_in_backward(optimizer_class, tables, dict(kwargs))  # it adds keys
+    return optimizer_class, kwargs
 
 
 @dataclass
@@ -182,36 +166,27 @@ class Sharded:
     """The planner's memory estimate for the tables on each rank."""
 
     def describe(self) -> str:
-        """The plan as TorchRec prints it, then the planner's memory estimate per rank."""
-        memory = ", ".join(f"rank {r}: {b / 2**20:,.1f} MiB" for r, b in sorted(self.estimated_bytes.items()))
-        return f"{self.plan}\nplanner memory estimate for the tables: {memory}"
+        """The plan as TorchRec prints it, then the planner's memory estimate per rank (`plan.txt`)."""
+        return plan_text(self.plan, self.estimated_bytes)
 
 
 def shard(
     module: nn.Module,
-    sparse_params: nn.Module,
     cfg: ShardingConfig,
     env: DistEnv,
-    batch_size: int,
-    embedding_dim: int,
+    workload: Workload,
     dense_lr: float,
     dense_weight_decay: float = 0.0,
 ) -> Sharded:
     """Fuse the sparse optimiser into the backward pass, shard with DistributedModelParallel, add dense AdamW.
 
     Args:
-        module: the whole task module (tables on the meta device).
-        sparse_params: the module holding the embedding tables.
-        batch_size: per-rank batch, for the planner's cost model.
+        module: the whole task module (tables on the meta device, in any EmbeddingBagCollections it holds).
+        workload: rows per rank and ids per row, for the planner's cost model.
     """
     check_capabilities(cfg, env.device, table_names(module))
-    optimizer_class = SPARSE_OPTIMIZERS[cfg.sparse_optimizer]
-    # FBGEMM's fused kernels default to eps=1e-8, torch's Adagrad to 1e-10: pin it so fused and unfused agree.
-    kwargs = {"lr": cfg.sparse_lr} if cfg.sparse_optimizer == "sgd" else {"lr": cfg.sparse_lr, "eps": ADAGRAD_EPS}
-    if cfg.sparse_weight_decay:
-        kwargs["weight_decay"] = cfg.sparse_weight_decay
-    apply_optimizer_in_backward(optimizer_class, sparse_params.parameters(), dict(kwargs))  # it adds keys
-    plan, estimate = plan_sharding(module, cfg, env, batch_size, embedding_dim)
+    optimizer_class, kwargs = fuse_sparse_optimizer(module, cfg)
+    plan, estimate = plan_sharding(module, cfg, env, workload)
     model = DistributedModelParallel(module, device=env.device, plan=plan, sharders=sharders(cfg))
     rest = dict(in_backward_optimizer_filter(model.named_parameters()))
     # Dense Adam runs fused (one kernel over all parameters; CPU and CUDA): about 40 % off its step time here.

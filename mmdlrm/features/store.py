@@ -163,5 +163,17 @@ def load_vectors(folder: str | Path, movie_ids: np.ndarray, modality: str) -> Mo
     return MovieVectors(torch.from_numpy(vectors), torch.from_numpy(missing), manifest[f"{modality}_model"] or "")
 
 
+def vector_dim(folder: str | Path, modality: str) -> int:
+    """The size of the store's `modality` vectors, read from its manifest alone.
+
+    Raises:
+        FeatureError: no store at `folder`.
+    """
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise FeatureError(f"{folder}: no feature store here; run `mmdlrm features clip --config <config>` first")
+    return int(json.loads(path.read_text())[f"{modality}_dim"])
+
+
 def _parts(folder: Path) -> list[Path]:
     return sorted(folder.glob("part-*.parquet"))

@@ -13,6 +13,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from mmdlrm.config import ConfigError, ShardingConfig, load_config
 from mmdlrm.distributed.env import init_distributed, teardown
+from mmdlrm.distributed.planner import Workload
 from mmdlrm.distributed.sharding import shard
 from mmdlrm.model.task import TaskModule
 
@@ -53,7 +54,7 @@ def test_embedding_l2_shrinks_a_touched_row_as_the_formula_says_and_leaves_the_o
     env = init_distributed("cpu")
     try:
         module = TaskModule(_Model(), _SumObjective(), embedding_l2=L2)
-        sharded = shard(module, module.model.ebc, ShardingConfig(sparse_lr=LR, plan="table_wise"), env, 2, DIM, 1e-3)
+        sharded = shard(module, ShardingConfig(sparse_lr=LR, plan="table_wise"), env, Workload(2), 1e-3)
         assert "fused" in str(sharded.plan)
         before = _weights(sharded.model)
         kjt = KeyedJaggedTensor(keys=["movie"], values=torch.tensor([2, 2]), lengths=torch.tensor([1, 1]))
@@ -83,6 +84,6 @@ def test_what_the_kernels_lack_is_refused_with_the_fix():
         ):
             module = TaskModule(_Model(), _SumObjective())
             with pytest.raises(ConfigError, match=message):
-                shard(module, module.model.ebc, load_config(None, overrides).sharding, env, 2, DIM, 1e-3)
+                shard(module, load_config(None, overrides).sharding, env, Workload(2), 1e-3)
     finally:
         teardown()
