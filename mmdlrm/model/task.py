@@ -50,10 +50,6 @@ class TaskModule(nn.Module):
         with torch.no_grad():
             self.model.output_layer.bias.fill_(logit)
 
-    def embedding_collections(self) -> list[nn.Module]:
-        """The EmbeddingBagCollections DistributedModelParallel shards."""
-        return [self.model.dlrm.sparse_arch]
-
     def predictions(self, logits: torch.Tensor) -> torch.Tensor:
         return self.objective.predictions(logits)
 
@@ -107,9 +103,6 @@ class RetrievalModule(nn.Module):
 
     def init_output(self, logit: float) -> None:
         """Nothing to start: the towers end in unit vectors, with no output bias."""
-
-    def embedding_collections(self) -> list[nn.Module]:
-        return self.model.embedding_collections()
 
     def predictions(self, logits: torch.Tensor) -> torch.Tensor:
         return self.objective.predictions(logits)

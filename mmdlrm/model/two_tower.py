@@ -91,10 +91,6 @@ class TwoTower(nn.Module):
         self.candidate = Tower(bag_configs(candidate, cfg.embedding_dim), CANDIDATE_DENSE, settings.tower_arch, settings.dim,
                                device, sparse_device, self.content.out_features if self.content else 0)  # fmt: skip
 
-    def embedding_collections(self) -> list[EmbeddingBagCollection]:
-        """The model's EmbeddingBagCollections (what DistributedModelParallel shards)."""
-        return [self.query.ebc, self.candidate.ebc]
-
     def encode_queries(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor]:
         """B users' unit vectors and their pooled embeddings' mean squared norm."""
         return self.query(dense, sparse)
