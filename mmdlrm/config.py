@@ -148,9 +148,15 @@ class RetrievalConfig:
     dim: int = 64
     """Width of the query and candidate vectors (the index's dimension)."""
     tower_arch: list[int] = field(default_factory=lambda: [128])
-    """Hidden sizes of each tower's MLP, before the last layer of `dim` units."""
+    """Hidden sizes of each tower's MLP, before the last layer of `dim` units ([]: one linear layer)."""
+    normalize: bool = True
+    """Unit vectors, so that a score is cosine / temperature. Off: the vectors' own dot product / temperature, whose
+    norms carry confidence (a movie seen rarely keeps a short vector); pair it with model.embedding_l2."""
     temperature: float = 0.05
-    """Scores are cosine / temperature: lower sharpens the softmax."""
+    """Scores are divided by it: lower sharpens the softmax (unit vectors need about 0.05, raw ones 1)."""
+    movie_bias: bool = False
+    """A learnt score offset per movie (how often it is chosen, whoever the user), kept in the index as one more
+    component of each movie's vector (the query's is 1)."""
     negatives: Literal["auto", "catalogue", "sampled", "in_batch"] = "auto"
     """What each positive is contrasted with. `catalogue`: every movie (an exact softmax; needs no correction);
     `in_batch`: the other rows' positives, log-Q corrected (their sampling probability is their popularity);
@@ -180,7 +186,7 @@ class RetrievalConfig:
     def __post_init__(self) -> None:
         if self.dim < 4 or self.dim % 4:
             raise ConfigError(f"model.retrieval.dim must be a positive multiple of 4, got {self.dim}")
-        if any(size < 1 for size in self.tower_arch):
+        if any(size < 1 for size in self.tower_arch):  # [] is fine: a linear map
             raise ConfigError("model.retrieval.tower_arch sizes must be >= 1")
         if self.temperature <= 0:
             raise ConfigError(f"model.retrieval.temperature must be > 0, got {self.temperature}")

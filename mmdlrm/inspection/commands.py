@@ -83,7 +83,8 @@ def inspect_ranking(folder: Path, users: int, ranker: Path | None = None) -> str
     if other is not None:
         ranker_scorer = other.model.objective.scorer(other.model.task, other.builder, n, torch.device("cpu"))
         models["ranker"] = (f"{other.model.objective.model_label} alone", rank(ranker_scorer))
-        models["pipeline"] = (f"two stages ({recommender.candidates} -> re-ranked)", rank(recommender_scorer(recommender, seen, max(KS))))
+        label = f"two stages (top {recommender.candidates} re-ranked, retrieval weight {recommender.weight:g})"
+        models["pipeline"] = (label, rank(recommender_scorer(recommender, seen, max(KS))))
     ratings_rows = run.data.split_rows("train")
     positives = objective.positives(run.data) if isinstance(objective, RankingTask) else np.ones(ratings_rows, bool)
     baselines = ranking_baselines(ev, positives, splits=("val", "test"))

@@ -68,8 +68,8 @@ def recommend_all(recommender: Recommender, k: int, out: str | Path, env: DistEn
         for path in parts:
             writer.write_table(pq.read_table(path).cast(SCHEMA.with_metadata(metadata)))
     joined.replace(out)
-    for path in parts:
-        path.unlink()
+    for path in out.parent.glob(f".{out.name}.part-*"):  # these parts, and any a killed earlier run left
+        path.unlink(missing_ok=True)
     rows = pq.ParquetFile(out).metadata.num_rows
     log.info("wrote %s: top %d of %d users (%s rows) from %s", out, k, data.num_users, f"{rows:,}", recommender.name)
     return out

@@ -31,6 +31,7 @@ from mmdlrm.evaluation.ranking import Scorer
 from mmdlrm.inspection.run import Run, open_run
 from mmdlrm.retrieval.index import IndexFileError, MovieIndex, build_index, load_index, recall_against_exact, save_index
 from mmdlrm.retrieval.index import model_fingerprint, settings_of
+from mmdlrm.retrieval.two_stages import combine, settings_for
 from mmdlrm.tasks import RetrievalTask
 
 log = logging.getLogger("mmdlrm")
@@ -89,6 +90,7 @@ class IndexRecommender:
     def __init__(self, run: Run, index: MovieIndex) -> None:
         self.run, self.index = run, index
         self.name = f"two-tower, {index.manifest['kind']} index"
+        self._directions: torch.Tensor | None = None
 
     def top_k(self, users, k, exclude):
         if len(users) == 0:
@@ -96,9 +98,13 @@ class IndexRecommender:
         return self.index.search(user_vectors(self.run, users), k, exclude)
 
     def similar(self, movie: int, k: int) -> list[tuple[int, float]]:
-        """The k movies whose vectors are nearest (inner product of unit vectors: cosine) to `movie`'s."""
-        movies, scores = self.index.search(movie_vectors(self.run, np.array([movie])), k, [np.array([movie])])
-        return [(int(m), float(s)) for m, s in zip(movies[0], scores[0]) if m >= 0]
+        """The k movies whose vectors point nearest (cosine, without the movie offsets) to `movie`'s."""
+        if self._directions is None:  # every movie's direction, once: a matrix-vector product per call after
+            self._directions = self.run.model.task.model.directions(torch.from_numpy(movie_vectors(self.run)))
+        scores = self._directions @ self._directions[movie]
+        scores[movie] = -math.inf
+        best = torch.topk(scores, min(k, len(scores) - 1))
+        return [(int(m), float(s)) for s, m in zip(best.values, best.indices)]
 
 
 def user_vectors(run: Run, users: np.ndarray) -> np.ndarray:
@@ -119,19 +125,33 @@ def movie_vectors(run: Run, movies: np.ndarray | None = None) -> np.ndarray:
 
 
 class TwoStageRecommender:
-    """Candidates from a retrieval run's index, re-ranked by another run's model (see the module docstring)."""
+    """Candidates from a retrieval run's index, re-ranked by another run's model (see the module docstring).
 
-    def __init__(self, retriever: IndexRecommender, ranker: Run, candidates: int) -> None:
-        self.retriever, self.ranker, self.candidates = retriever, ranker, candidates
+    The final score is `two_stages.combine`: the ranker's standardised score plus `weight` times the retrieval
+    score's (0: the ranker alone orders the candidates), the weight chosen on validation (`two_stages`).
+    """
+
+    def __init__(self, retriever: IndexRecommender, ranker: Run, candidates: int, weight: float = 0.0) -> None:
+        self.retriever, self.ranker, self.candidates, self.weight = retriever, ranker, candidates, weight
         self.run = retriever.run
-        self.name = f"two-tower top {candidates}, re-ranked by {ranker.model.objective.model_label} ({ranker.folder.name})"
+        self.name = (f"two-tower top {candidates}, re-ranked by {ranker.model.objective.model_label} ({ranker.folder.name}"
+                     f"; retrieval weight {weight:g})")  # fmt: skip
+
+    def stages(self, users: np.ndarray, exclude: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each user's candidates (U x N, -1 where fewer), the ranker's scores of them and the retrieval scores."""
+        candidates, retrieval = self.retriever.top_k(users, self.candidates, exclude)
+        return candidates, pair_scores(self.ranker, users, candidates), retrieval
 
     def top_k(self, users, k, exclude):
-        candidates, _ = self.retriever.top_k(users, max(self.candidates, k), exclude)
-        scores = pair_scores(self.ranker, users, candidates)
+        candidates, ranker, retrieval = self.stages(users, exclude)
+        scores = combine(ranker, retrieval, self.weight)
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         movies = np.take_along_axis(candidates, order, axis=1)
         values = np.take_along_axis(scores, order, axis=1)
+        if movies.shape[1] < k:  # fewer candidates than k: pad as the other recommenders do
+            pad = k - movies.shape[1]
+            movies = np.pad(movies, ((0, 0), (0, pad)), constant_values=-1)
+            values = np.pad(values, ((0, 0), (0, pad)), constant_values=-np.inf)
         return movies, np.where(movies >= 0, values, -np.inf).astype(np.float32)
 
 
@@ -205,7 +225,9 @@ def recommender_for(run: Run, ranker: Run | None = None) -> Recommender:
     if is_retrieval(ranker):
         raise ConfigError(f"--ranker {ranker.folder} is a retrieval run; give a rating, binary or ranking run")
     check_same_data(run, ranker)
-    return TwoStageRecommender(retriever, ranker, run.model.config.model.retrieval.candidates)
+    unweighted = TwoStageRecommender(retriever, ranker, run.model.config.model.retrieval.candidates)
+    weight = settings_for(run, ranker, unweighted.stages)["weight"]
+    return TwoStageRecommender(retriever, ranker, unweighted.candidates, weight)
 
 
 def check_same_data(run: Run, other: Run) -> None:

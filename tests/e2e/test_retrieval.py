@@ -15,6 +15,7 @@ from mmdlrm.cli import main
 from mmdlrm.data.batches import BatchBuilder, SplitRows
 from mmdlrm.inspection.run import open_run
 from mmdlrm.retrieval.recommenders import IndexRecommender, TwoStageRecommender, recommender_for
+from mmdlrm.retrieval.two_stages import WEIGHTS
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "distributed"))
@@ -52,24 +53,30 @@ def test_a_retrieval_run_writes_its_index_and_scores_as_it_was_tested(runs, caps
 
 def test_two_stages_rerank_the_retrieved_candidates_by_the_rankers_scores(runs):
     retrieval, ranking = runs
-    two_stages = recommender_for(open_run(retrieval), open_run(ranking))
-    assert isinstance(two_stages, TwoStageRecommender) and two_stages.candidates == 200
-    ranker = two_stages.ranker
+    chosen = recommender_for(open_run(retrieval), open_run(ranking))
+    assert isinstance(chosen, TwoStageRecommender) and chosen.candidates == 200
+    settings = json.loads((retrieval / "two_stages.json").read_text())[str(ranking.resolve())]
+    assert settings["weight"] == chosen.weight and set(settings["validation"]) == {str(w) for w in WEIGHTS}
+    assert chosen.weight == max(WEIGHTS, key=lambda w: settings["validation"][str(w)]["ndcg@20"])
+    ranker = chosen.ranker
     users = np.array([0, 5, 17, 230])
     exclude = ranker.data.seen().of_users(users)
-    candidates, _ = two_stages.retriever.top_k(users, 200, exclude)
+    candidates, retrieval_scores = chosen.retriever.top_k(users, 200, exclude)
     # the ranker's own scores of each (user, candidate), through a batch built independently
     builder = BatchBuilder(ranker.data, ranker.model.config.model, ranker.model.objective.label)
-    expected = []
-    for user, movies in zip(users, candidates):
-        movies = movies[movies >= 0]
+    alone, blended = [], []
+    for user, movies, retrieved in zip(users, candidates, retrieval_scores):
+        movies, retrieved = movies[movies >= 0], retrieved[movies >= 0]
         rows = SplitRows(torch.full((len(movies),), int(user)), torch.from_numpy(movies), torch.zeros(len(movies)))
         with torch.no_grad():
             _, (_, scores, _) = ranker.model.task(builder.build(rows, torch.arange(len(movies))))
-        expected.append(movies[np.argsort(-scores.numpy(), kind="stable")][:10].tolist())
-    found, scores = two_stages.top_k(users, 10, exclude)
-    assert found.tolist() == expected
-    assert (np.diff(scores, axis=1) <= 1e-6).all()
+        scores = scores.numpy().astype(np.float64)
+        alone.append(movies[np.argsort(-scores, kind="stable")][:10].tolist())
+        z = lambda x: (x - x.mean()) / x.std()  # noqa: E731
+        blended.append(movies[np.argsort(-(z(scores) + 2.0 * z(retrieved.astype(np.float64))), kind="stable")][:10].tolist())
+    reranked, scores = TwoStageRecommender(chosen.retriever, ranker, 200, 0.0).top_k(users, 10, exclude)
+    assert reranked.tolist() == alone and (np.diff(scores, axis=1) <= 1e-6).all()
+    assert TwoStageRecommender(chosen.retriever, ranker, 200, 2.0).top_k(users, 10, exclude)[0].tolist() == blended
 
 
 def test_recommend_a_user_and_similar_movies_through_the_index(runs, capsys):

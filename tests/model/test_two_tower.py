@@ -36,10 +36,29 @@ def test_towers_give_unit_vectors_and_logits_are_cosine_over_temperature(tiny_pr
     queries, _ = module.model.encode_queries(*builder.queries(users))
     candidates, _ = module.model.encode_candidates(*builder.catalogue())
     assert queries.shape == (4, 16) and candidates.shape == (tiny_prepared.num_movies, 16)
-    torch.testing.assert_close(queries.norm(dim=1), torch.ones(4))
+    torch.testing.assert_close(queries.norm(dim=1), torch.full((4,), 1 / 0.2))  # the temperature is in the query
     torch.testing.assert_close(candidates.norm(dim=1), torch.ones(tiny_prepared.num_movies))
     logits = module.model.score(queries, candidates)
     torch.testing.assert_close(logits, torch.nn.functional.cosine_similarity(queries[:, None], candidates[None], dim=2) / 0.2)
+
+
+def test_raw_vectors_and_a_movie_offset_are_one_inner_product(tiny_prepared):
+    """normalize=false keeps the towers' own vectors; movie_bias appends each movie's offset to its vector and a 1
+    to the query's, so the index's inner product is the model's logit."""
+    settings = RetrievalConfig(dim=8, normalize=False, temperature=0.5, movie_bias=True, tower_arch=[])
+    cfg = ModelConfig(task="retrieval", user_id=False, history_length=10, retrieval=settings)
+    vocab = Vocab(tiny_prepared.num_users, tiny_prepared.num_movies, len(tiny_prepared.genres), 28)
+    module = _model(cfg, vocab).eval()
+    builder = TowerBatchBuilder(tiny_prepared, cfg)
+    raw_query, _ = module.model.query(*builder.queries(torch.tensor([1, 2])))
+    raw_movies, _ = module.model.candidate(*builder.catalogue()[:2])
+    queries, _ = module.model.encode_queries(*builder.queries(torch.tensor([1, 2])))
+    candidates, _ = module.model.encode_candidates(*builder.catalogue())
+    assert queries.shape == (2, 9) and candidates.shape == (tiny_prepared.num_movies, 9) and module.model.vector_dim == 9
+    assert torch.equal(queries[:, -1], torch.ones(2))
+    expected = raw_query @ raw_movies[:, :8].T / 0.5 + raw_movies[:, 8]
+    torch.testing.assert_close(module.model.score(queries, candidates), expected)
+    assert len(module.model.query.mlp) == 1  # tower_arch=[]: one linear layer
 
 
 def test_the_forward_pass_masks_pairs_and_returns_a_loss_only_in_training(tiny_prepared):
