@@ -30,7 +30,7 @@ from mmdlrm.data.batches import BatchBuilder, BatchLoader, SplitRows
 from mmdlrm.distributed.env import init_distributed, teardown
 from mmdlrm.evaluation.ranking import model_scorer, top_k
 from mmdlrm.features.store import MovieVectors
-from mmdlrm.schema import num_year_buckets
+from mmdlrm.model.tables import sparse_features, vocab_of
 from mmdlrm.tasks import build_task
 from mmdlrm.train import build_model
 
@@ -124,9 +124,8 @@ def plain_contestant(config: str, data, steps: int) -> Contestant:
     cfg = load_config(config)
     torch.manual_seed(0)
     builder = BatchBuilder(data, cfg.model)
-    sizes = {"user": data.num_users, "movie": data.num_movies, "genre": max(len(data.genres), 1),
-             "year": num_year_buckets(cfg.model.year_bucket_years)}  # fmt: skip
-    model = PlainDLRM(sizes, cfg.model.embedding_dim, cfg.model.dense_arch, cfg.model.over_arch)
+    features = sparse_features(cfg.model, vocab_of(cfg.model, data.manifest["counts"]))  # mmdlrm's, history included
+    model = PlainDLRM(features, cfg.model.embedding_dim, cfg.model.dense_arch, cfg.model.over_arch)
     optimizers = model.optimizers(1e-3, cfg.train.dense_lr)
     batches, _ = _batches(data, builder, cfg.train.batch_size, min(steps, 30))
     return Contestant("(b) plain PyTorch DLRM (EmbeddingBag + SparseAdam)", lambda b: plain_step(model, optimizers, b),
