@@ -84,7 +84,9 @@ class SeenMovies:
         Raises:
             IndexError: `user` is not a contiguous user id of this dataset.
         """
-        return self.of_users(np.array([user]))[0]
+        (user,) = self._checked([user]).tolist()
+        slices = [part.movies[part.offsets[user] : part.offsets[user + 1]] for part in self._parts.values()]
+        return np.sort(np.concatenate(slices).astype(np.int64))  # a few slices of memory-mapped arrays
 
     def of_users(self, users: Sequence[int] | np.ndarray) -> list[np.ndarray]:
         """The movies each of `users` rated in these splits, sorted; one array per user, in the order given."""
