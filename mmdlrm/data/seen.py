@@ -90,11 +90,12 @@ class SeenMovies:
 
     def of_users(self, users: Sequence[int] | np.ndarray) -> list[np.ndarray]:
         """The movies each of `users` rated in these splits, sorted; one array per user, in the order given."""
-        rows, movies = self.pairs(users)
-        if len(np.atleast_1d(users)) == 0:
+        count = len(np.atleast_1d(users))
+        if count == 0:
             return []
+        rows, movies = self.pairs(users)
         order = np.lexsort((movies, rows))
-        ends = np.cumsum(np.bincount(rows, minlength=len(np.atleast_1d(users))))
+        ends = np.cumsum(np.bincount(rows, minlength=count))
         return np.split(movies[order], ends[:-1])
 
     def counts(self, users: Sequence[int] | np.ndarray) -> np.ndarray:
