@@ -161,7 +161,7 @@ def bench_training(config: str, data, steps: int, repeats: int) -> list[dict]:
 def bench_notebook(config: str, data, rows: int) -> dict:
     cfg = load_config(config)
     torch.manual_seed(0)
-    loader = notebook_loader(data, min(rows, len(data.splits["train"]["rating"])), cfg.train.batch_size)
+    loader = notebook_loader(data, min(rows, data.split_rows("train")), cfg.train.batch_size)
     model = NotebookModel(data.num_users, data.num_movies, max(len(data.genres), 1), cfg.model.embedding_dim, cfg.model.over_arch)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     start, seen = time.perf_counter(), 0
