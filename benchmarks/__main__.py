@@ -1,8 +1,12 @@
 """The benchmark suite: data, training (1 and 2 processes, each CPU sharding type), inference, bandwidth.
 
-    python -m benchmarks            # full: ml-25m-scale synthetic data (25M ratings), about 7 minutes on 2 cores
-    python -m benchmarks --quick    # CI smoke: small data, few steps, about a minute
-Prints tables and writes benchmarks/results/suite.json (or --out). Every throughput sits beside baselines
+    python -m benchmarks            # full: ml-25m-scale synthetic data (25M ratings); goal: 15 minutes on 2 cores
+    python -m benchmarks --quick    # CI smoke: small data, few steps
+(benchmarks/README.md gives the measured durations.)
+Each stage prints a line as it starts, with the time it is expected to take on an idle 2-core machine, and its
+tables as soon as it ends; a stage still running past its expected time says so at once. At the end every table
+is printed again as one summary, with each stage's time. benchmarks/results/suite.json (or --out) is rewritten
+after every stage, so a run stopped part-way keeps what it measured. Every throughput sits beside baselines
 measured in the same run: the reference notebook's approach (a) and the same DLRM in plain PyTorch (b).
 """
 
@@ -14,15 +18,23 @@ import tempfile
 from pathlib import Path
 
 from benchmarks import bench_foundation, bench_sharding, bench_training
-from benchmarks.common import print_table, write_json
+from benchmarks.common import Stages, print_table, write_json
 from mmdlrm.config import DataConfig, SyntheticConfig
-from mmdlrm.data.prepare import ensure_prepared, load_prepared
-from mmdlrm.data.synthetic import generate
+from mmdlrm.data.prepare import Prepared, ensure_prepared, load_prepared
 
 FULL = {"ratings": 25_000_000, "users": 162_000, "movies": 62_000, "steps": 40, "repeats": 3, "notebook_rows": 100_000,
-        "configs": ["configs/debug.yaml", "configs/ml25m.yaml"], "sharding_steps": 40}  # fmt: skip
+        "configs": ["configs/debug.yaml", "configs/ml25m.yaml"], "sharding_steps": 40, "bandwidth_mb": 512,
+        "expected_s": {"dataset": 120, "prepare": 60, "batches": 15, "bandwidth": 5,
+                       "training configs/debug.yaml": 60, "training configs/ml25m.yaml": 150,
+                       "processes configs/debug.yaml": 60, "processes configs/debug.yaml clip": 60,
+                       "processes configs/ml25m.yaml": 240, "processes configs/ml25m.yaml clip": 90}}  # fmt: skip
+"""Expected seconds per stage on an idle 2-core machine (860 s in all, 740 s with the dataset cached): estimates
+from the stages' work and the 2026-11-22 idle results, until an idle run of this suite replaces them."""
 QUICK = {"ratings": 200_000, "users": 5_000, "movies": 1_000, "steps": 8, "repeats": 2, "notebook_rows": 4_000,
-         "configs": ["configs/debug.yaml"], "sharding_steps": 5}  # fmt: skip
+         "configs": ["configs/debug.yaml"], "sharding_steps": 5, "bandwidth_mb": 128,
+         "expected_s": {"dataset": 20, "prepare": 10, "batches": 5, "bandwidth": 5, "training configs/debug.yaml": 30,
+                        "processes configs/debug.yaml": 40, "processes configs/debug.yaml clip": 40}}  # fmt: skip
+DATA_COLUMNS = ["stage", "rows", "seconds", "rows_per_s", "baseline", "baseline_rows_per_s", "ratio"]
 
 
 def main() -> None:
@@ -35,73 +47,108 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
     size = QUICK if args.quick else FULL
+    expected, stages = size["expected_s"], Stages()
+    results: dict = {"mode": "quick" if args.quick else "full", "size": size, "stages": stages.records, "data": [],
+                     "training": [], "scaling": []}  # fmt: skip
+
+    def save(finished: bool) -> Path:
+        return write_json("suite-quick" if args.quick else "suite", results | {"finished": finished}, args.out)
 
     # Data: prepare time against a bare pyarrow read, batch building against a per-row loop.
     synthetic = SyntheticConfig(num_users=size["users"], num_movies=size["movies"], num_ratings=size["ratings"], media=False)
-    with tempfile.TemporaryDirectory() as tmp:
-        release = generate(synthetic, Path(tmp) / "release")
-        data_rows = [bench_foundation.bench_prepare(release, Path(tmp) / "prepared")]
-    prepared = ensure_prepared(DataConfig(cache_dir=args.cache_dir, synthetic=synthetic))
-    data = load_prepared(prepared)
-    data_rows.append(bench_foundation.bench_batches(data, 8192, size["steps"], loop_rows=min(20_000, size["notebook_rows"])))
+    with stages.stage(f"dataset: {size['ratings']:,} synthetic ratings, generated and prepared once under {args.cache_dir}/",
+                      expected["dataset"]):  # fmt: skip
+        prepared = ensure_prepared(DataConfig(cache_dir=args.cache_dir, synthetic=synthetic), progress=False)
+        data = load_prepared(prepared)
+    with stages.stage("data: prepare (timed again, into a temporary folder) against pyarrow read_csv", expected["prepare"]):
+        with tempfile.TemporaryDirectory() as tmp:
+            results["data"].append(bench_foundation.bench_prepare(Path(data.manifest["source"]["folder"]), Path(tmp) / "prepared"))
+    print_table(results["data"][-1:], DATA_COLUMNS)
+    with stages.stage("data: batch building against a per-row Python loop", expected["batches"]):
+        loop_rows = min(20_000, size["notebook_rows"])
+        results["data"].append(bench_foundation.bench_batches(data, 8192, size["steps"], loop_rows=loop_rows))
+    print_table(results["data"][-1:], DATA_COLUMNS)
+    with stages.stage("memory bandwidth (a large tensor copy)", expected["bandwidth"]):
+        results["copy_bandwidth_bytes_per_s"] = bench_training.copy_bandwidth(size["bandwidth_mb"])
+    print(f"memory bandwidth (copy, read + write): {results['copy_bandwidth_bytes_per_s'] / 1e9:.2f} GB/s")
+    save(False)
 
-    # Training, one process: mmdlrm against (a) and (b), ids only and with CLIP vectors; inference.
-    training = []
     for config in size["configs"]:
-        rows = bench_training.bench_training(config, data, size["steps"], size["repeats"])
-        rows.append(bench_training.bench_notebook(config, data, size["notebook_rows"]))
-        plain = next(r for r in rows if r["name"].startswith("(b)"))
-        notebook = rows[-1]
-        for row in rows:
-            row.update(config=config, vs_b=row["samples_per_s"] / plain["samples_per_s"],
-                       vs_a=row["samples_per_s"] / notebook["samples_per_s"])  # fmt: skip
-            training.append(row)
+        with stages.stage(f"training, one process, and inference: {config}", expected[f"training {config}"]):
+            rows = training_rows(config, data, size, results["copy_bandwidth_bytes_per_s"])
+        results["training"] += rows
+        print_training(rows)
+        save(False)
 
-    # Processes and sharding types, per model size, ids only and with CLIP vectors; row-wise types with CUDA.
-    scaling = []
     for config in size["configs"]:
         for clip in (False, True):
-            settings = [{"name": "1 process", "world": 1}, {"name": "2 processes", "world": 2}]
-            if not args.quick and not clip and config == size["configs"][-1]:
-                settings += [{"name": f"2 processes, {t}", "world": 2, "plan": t} for t in bench_sharding.sharding_types()]
-            rows = []
-            for setting in settings:
-                setting = {"plan": None, "pipeline": False, "clip": clip, "config": config} | setting
-                ranks = bench_sharding.measure(setting, str(prepared), config, size["sharding_steps"])
-                row = {**setting, "samples_per_s": min(r["samples_per_s"] for r in ranks), "ranks": ranks,
-                       "step_ms": max(r["step_ms"] for r in ranks)}  # fmt: skip
-                if setting["world"] > 1:
-                    row["communication_ms"] = max(r["communication_ms"] for r in ranks)
-                rows.append(row)
-            for row in rows:
-                row["vs_1_process"] = row["samples_per_s"] / rows[0]["samples_per_s"]
-            scaling += rows
+            with stages.stage(f"processes and sharding types: {config}{', CLIP vectors' if clip else ''}",
+                              expected[f"processes {config}{' clip' if clip else ''}"]):  # fmt: skip
+                rows = scaling_rows(config, clip, str(prepared), size, full_types=not args.quick and not clip and config == size["configs"][-1])
+            results["scaling"] += rows
+            print_scaling(rows)
+            save(False)
 
-    bandwidth = bench_training.copy_bandwidth(128 if args.quick else 512)
-    for row in training:
+    print(f"\n{stages.clock()} summary")
+    print("\ndata")
+    print_table(results["data"], DATA_COLUMNS)
+    print_training(results["training"])
+    print_scaling(results["scaling"])
+    print("\nstages (expected: on an idle 2-core machine)")
+    print_table([r | {"over": "OVER" if r["over"] else ""} for r in stages.records], ["stage", "seconds", "cpu_s", "expected_s", "over"])
+    print(f"\nwrote {save(True)}")
+
+
+def training_rows(config: str, data: Prepared, size: dict, bandwidth: float) -> list[dict]:
+    """mmdlrm's contestants, (b) and (a) on one model size, with ratios, lookup bandwidth and inference."""
+    rows = bench_training.bench_training(config, data, size["steps"], size["repeats"])
+    rows.append(bench_training.bench_notebook(config, data, size["notebook_rows"]))
+    plain = next(r for r in rows if r["name"].startswith("(b)"))
+    notebook = rows[-1]
+    for row in rows:
+        row.update(config=config, vs_b=row["samples_per_s"] / plain["samples_per_s"], vs_a=row["samples_per_s"] / notebook["samples_per_s"])
         if "lookup_bytes_per_sample" in row:
             row["lookup_bytes_per_s"] = row["lookup_bytes_per_sample"] * row["samples_per_s"]
             row["lookup_fraction_of_copy_bandwidth"] = row["lookup_bytes_per_s"] / bandwidth
+    return rows
 
-    print("\ndata")
-    print_table(data_rows, ["stage", "rows", "seconds", "rows_per_s", "baseline", "baseline_rows_per_s", "ratio"])
+
+def scaling_rows(config: str, clip: bool, prepared: str, size: dict, full_types: bool) -> list[dict]:
+    """1 and 2 processes (and, with `full_types`, each sharding type this machine runs) in spawned workers."""
+    settings = [{"name": "1 process", "world": 1}, {"name": "2 processes", "world": 2}]
+    if full_types:
+        settings += [{"name": f"2 processes, {t}", "world": 2, "plan": t} for t in bench_sharding.sharding_types()]
+    rows = []
+    for setting in settings:
+        setting = {"plan": None, "pipeline": False, "clip": clip, "config": config} | setting
+        ranks = bench_sharding.measure(setting, prepared, config, size["sharding_steps"])
+        row = {**setting, "samples_per_s": min(r["samples_per_s"] for r in ranks), "ranks": ranks,
+               "step_ms": max(r["step_ms"] for r in ranks)}  # fmt: skip
+        if setting["world"] > 1:
+            row["communication_ms"] = max(r["communication_ms"] for r in ranks)
+        rows.append(row)
+    for row in rows:
+        row["vs_1_process"] = row["samples_per_s"] / rows[0]["samples_per_s"]
+    return rows
+
+
+def print_training(rows: list[dict]) -> None:
     print("\ntraining, one process (ratios against (b) plain PyTorch and (a) the notebook, same run)")
-    print_table(training, ["config", "name", "samples_per_s", "vs_b", "vs_a"])
+    print_table(rows, ["config", "name", "samples_per_s", "vs_b", "vs_a"])
     print("\nstep breakdown, ms (input = building the batch)")
-    print_table([{"config": r["config"], "name": r["name"], **r["step_ms"]} for r in training if "step_ms" in r],
+    print_table([{"config": r["config"], "name": r["name"], **r["step_ms"]} for r in rows if "step_ms" in r],
                 ["config", "name", "input", "forward", "backward", "optimizer"])  # fmt: skip
-    print("\ninference")
-    print_table([{"config": r["config"], **r["inference"]} for r in training if r.get("inference")],
-                ["config", "pairs_per_s", "top10_ms", "movies"])  # fmt: skip
-    print(f"\nmemory bandwidth (copy, read + write): {bandwidth / 1e9:.2f} GB/s; embedding rows read by training:")
-    print_table([r for r in training if "lookup_bytes_per_s" in r], ["config", "name", "lookup_bytes_per_s",
-                                                                    "lookup_fraction_of_copy_bandwidth"])  # fmt: skip
+    print("\ninference (one user's top 10: score every movie, leave out the user's rated movies from the seen-movie index)")
+    print_table([{"config": r["config"], **r["inference"]} for r in rows if r.get("inference")],
+                ["config", "pairs_per_s", "top10_ms", "seen_lookup_ms", "seen_movies", "movies"])  # fmt: skip
+    print("\nembedding rows read by training, against the copy bandwidth")
+    print_table([r for r in rows if "lookup_bytes_per_s" in r], ["config", "name", "lookup_bytes_per_s",
+                                                                "lookup_fraction_of_copy_bandwidth"])  # fmt: skip
+
+
+def print_scaling(rows: list[dict]) -> None:
     print("\nprocesses and sharding types (communication: time in collectives and waits on them, slowest rank)")
-    print_table(scaling, ["config", "clip", "name", "samples_per_s", "vs_1_process", "step_ms", "communication_ms"])
-    name = "suite-quick" if args.quick else "suite"
-    path = write_json(name, {"mode": "quick" if args.quick else "full", "size": size, "data": data_rows,
-                             "training": training, "scaling": scaling, "copy_bandwidth_bytes_per_s": bandwidth}, args.out)  # fmt: skip
-    print(f"\nwrote {path}")
+    print_table(rows, ["config", "clip", "name", "samples_per_s", "vs_1_process", "step_ms", "communication_ms"])
 
 
 if __name__ == "__main__":

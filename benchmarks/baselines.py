@@ -2,8 +2,11 @@
 
 (a) The reference notebook's approach: a pandas DataFrame of ratings, a `Dataset` returning one row at a time
     (`df.iloc[i]`), PyTorch's default `DataLoader` collation, and `nn.Embedding` tables + an MLP.
-(b) The same DLRM as mmdlrm's in plain PyTorch: `nn.EmbeddingBag(sparse=True)` tables fed by our batches,
-    SparseAdam for the tables and (fused) Adam for the rest, as mmdlrm's dense optimiser, TorchRec's dense / interaction / over arches.
+(b) The same DLRM as mmdlrm's in plain PyTorch, with the same features: one `nn.EmbeddingBag(sparse=True)` per
+    table mmdlrm builds (`model.tables.sparse_features`: the user history, where the config has one, mean-pooled
+    through the movie table or a table of its own, genres mean-pooled), fed by our batches, SparseAdam for the
+    tables and (fused) Adam for the rest, as mmdlrm's dense optimiser, TorchRec's dense / interaction / over arches,
+    the rating task's output (0.5 + 4.5 * sigmoid) and MSE loss.
 """
 
 from __future__ import annotations
@@ -14,25 +17,32 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchrec.models.dlrm import DenseArch, InteractionArch, OverArch
 
-from mmdlrm.schema import DENSE_FEATURES
+from mmdlrm.model.tables import SparseFeature
+from mmdlrm.schema import DENSE_FEATURES, RATING_RANGE
 
 
 class PlainDLRM(nn.Module):
-    """(b): mmdlrm's DLRM with sparse-gradient `nn.EmbeddingBag`s instead of TorchRec tables."""
+    """(b): mmdlrm's DLRM with sparse-gradient `nn.EmbeddingBag`s instead of TorchRec tables, same features.
 
-    def __init__(self, sizes: dict[str, int], dim: int, dense_arch: list[int], over_arch: list[int]) -> None:
+    `features` are mmdlrm's (`sparse_features(cfg.model, vocab)`): a feature reads the bag of its table, so the
+    history shares the movie table's weights where mmdlrm's does. Every bag mean-pools (for one id per row, mean
+    and sum agree; an empty history pools to zeros, as TorchRec's does).
+    """
+
+    def __init__(self, features: list[SparseFeature], dim: int, dense_arch: list[int], over_arch: list[int]) -> None:
         super().__init__()
-        self.tables = nn.ModuleDict({
-            feature: nn.EmbeddingBag(rows, dim, mode="mean" if feature == "genre" else "sum", sparse=True)
-            for feature, rows in sizes.items()
-        })  # fmt: skip
+        rows = {f.table: f.rows for f in features}
+        self.tables = nn.ModuleDict({table: nn.EmbeddingBag(n, dim, mode="mean", sparse=True) for table, n in rows.items()})
+        # Grouped by table in first-use order, as TorchRec's EmbeddingBagCollection orders its pooled outputs.
+        self.features = [(f.name, f.table) for table in rows for f in features if f.table == table]
         self.dense_arch = DenseArch(len(DENSE_FEATURES), [*dense_arch, dim])
-        self.interaction = InteractionArch(num_sparse_features=len(sizes))
-        self.over_arch = OverArch(dim + len(sizes) * (len(sizes) + 1) // 2, [*over_arch, 1])  # D + F + (F choose 2)
+        self.interaction = InteractionArch(num_sparse_features=len(features))
+        f = len(features)
+        self.over_arch = OverArch(dim + f * (f + 1) // 2, [*over_arch, 1])  # D + F + (F choose 2)
 
     def forward(self, dense: torch.Tensor, sparse) -> torch.Tensor:
         jagged = sparse.to_dict()
-        pooled = [self.tables[f](jagged[f].values(), jagged[f].offsets()[:-1]) for f in self.tables]
+        pooled = [self.tables[table](jagged[name].values(), jagged[name].offsets()[:-1]) for name, table in self.features]
         return self.over_arch(self.interaction(self.dense_arch(dense), torch.stack(pooled, dim=1))).squeeze(-1)
 
     def optimizers(self, sparse_lr: float, dense_lr: float) -> list[torch.optim.Optimizer]:
@@ -41,7 +51,9 @@ class PlainDLRM(nn.Module):
 
 
 def plain_step(model: PlainDLRM, optimizers: list[torch.optim.Optimizer], batch) -> None:
-    loss = nn.functional.mse_loss(model(batch.dense_features, batch.sparse_features), batch.labels)
+    lo, hi = RATING_RANGE  # the rating task's output, as mmdlrm's
+    stars = lo + (hi - lo) * torch.sigmoid(model(batch.dense_features, batch.sparse_features))
+    loss = nn.functional.mse_loss(stars, batch.labels)
     for optimizer in optimizers:
         optimizer.zero_grad()
     loss.backward()

@@ -1,4 +1,4 @@
-"""Shared helpers for the benchmark scripts: machine description, timing, table printing, JSON output."""
+"""Shared helpers for the benchmark scripts: machine description, timing, stages, table printing, JSON output."""
 
 from __future__ import annotations
 
@@ -6,8 +6,12 @@ import datetime
 import json
 import os
 import platform
+import resource
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -46,6 +50,55 @@ def timed(fn: Callable[[], object], repeat: int = 1) -> tuple[float, object]:
     return best, out
 
 
+class Stages:
+    """A suite's progress: a line when a stage starts, one when it ends, and one the moment it overruns.
+
+    Each stage has the time it is expected to take on an idle 2-core machine; a stage still running past it says
+    so at once (with how to see where it is), and its end line says by how much. `records` holds every stage's
+    time for the JSON.
+    """
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.records: list[dict] = []
+
+    def clock(self) -> str:
+        minutes, seconds = divmod(int(time.perf_counter() - self.start), 60)
+        return f"[{minutes:02d}:{seconds:02d}]"
+
+    @contextmanager
+    def stage(self, name: str, expected_s: float) -> Iterator[None]:
+        print(f"\n{self.clock()} {name}: started (expected about {expected_s:.0f} s)", flush=True)
+
+        def overrun() -> None:
+            print(f"{self.clock()} {name}: still running, past its expected {expected_s:.0f} s "
+                  f"(`py-spy dump --pid {os.getpid()}` shows where)", flush=True)  # fmt: skip
+
+        timer = threading.Timer(expected_s, overrun)
+        timer.daemon = True
+        timer.start()
+        start, cpu = time.perf_counter(), cpu_seconds()
+        try:
+            yield
+        finally:
+            timer.cancel()
+        seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+        over = seconds > expected_s
+        note = f", OVER its expected {expected_s:.0f} s" if over else ""
+        print(f"{self.clock()} {name}: done in {seconds:.0f} s (CPU {cpu:.0f} s){note}", flush=True)
+        self.records.append({"stage": name, "seconds": seconds, "cpu_s": cpu, "expected_s": expected_s, "over": over})
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of its finished child processes (the spawned workers).
+
+    Beside wall time it says where a stage's time goes when other jobs share the machine: wall time then grows
+    with the load, CPU time much less.
+    """
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def print_table(rows: list[dict], columns: list[str]) -> None:
     """Rows of dicts as a fixed-width table (floats with 4 significant digits, thousands separated)."""
 
@@ -62,6 +115,7 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
     print("  ".join("-" * w for w in widths))
     for r in cells:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+    sys.stdout.flush()  # a table shows as soon as its stage ends, even when stdout is a pipe
 
 
 def write_json(name: str, payload: dict, out: str | Path | None = None) -> Path:

@@ -84,15 +84,18 @@ class SeenMovies:
         Raises:
             IndexError: `user` is not a contiguous user id of this dataset.
         """
-        return self.of_users(np.array([user]))[0]
+        (user,) = self._checked([user]).tolist()
+        slices = [part.movies[part.offsets[user] : part.offsets[user + 1]] for part in self._parts.values()]
+        return np.sort(np.concatenate(slices).astype(np.int64))  # a few slices of memory-mapped arrays
 
     def of_users(self, users: Sequence[int] | np.ndarray) -> list[np.ndarray]:
         """The movies each of `users` rated in these splits, sorted; one array per user, in the order given."""
-        rows, movies = self.pairs(users)
-        if len(np.atleast_1d(users)) == 0:
+        count = len(np.atleast_1d(users))
+        if count == 0:
             return []
+        rows, movies = self.pairs(users)
         order = np.lexsort((movies, rows))
-        ends = np.cumsum(np.bincount(rows, minlength=len(np.atleast_1d(users))))
+        ends = np.cumsum(np.bincount(rows, minlength=count))
         return np.split(movies[order], ends[:-1])
 
     def counts(self, users: Sequence[int] | np.ndarray) -> np.ndarray:

@@ -27,6 +27,17 @@ def test_quick_suite_writes_tables_and_json_with_baselines(tmp_path):
     result = json.loads(out.read_text())
     assert result["mode"] == "quick" and result["machine"]["cpu_count"] >= 1 and "torch" in result["machine"]["versions"]
 
+    # Each stage says when it starts and ends, with its expected time, and shows its table before the next starts.
+    stages = result["stages"]
+    assert result["finished"] and len(stages) == 7
+    progress, summary = done.stdout.split(" summary\n")
+    for stage in stages:
+        assert f"{stage['stage']}: started (expected about {stage['expected_s']:.0f} s)" in progress
+        assert f"{stage['stage']}: done in " in progress and stage["over"] == (stage["seconds"] > stage["expected_s"])
+    first_training = progress.index("training, one process, and inference: configs/debug.yaml: started")
+    assert progress.index("per-row Python loop") < first_training  # the data table came out with its stage
+    assert progress.index("(b) plain PyTorch DLRM") < progress.index("processes and sharding types: configs/debug.yaml: started")
+
     # Both baselines are measured in the same run, and every ratio is the figures' own ratio.
     training = result["training"]
     plain = next(r for r in training if r["name"].startswith("(b)"))
@@ -43,6 +54,9 @@ def test_quick_suite_writes_tables_and_json_with_baselines(tmp_path):
         assert 0 < row["lookup_fraction_of_copy_bandwidth"] < 1
     inference = next(r["inference"] for r in ours if r.get("inference"))
     assert _positive(inference["pairs_per_s"]) and _positive(inference["top10_ms"]) and inference["movies"] > 0
+    # Each user's top-10 time includes their look-up, so the medians keep that order (no timing threshold).
+    assert _positive(inference["seen_lookup_ms"]) and inference["seen_lookup_ms"] < inference["top10_ms"]
+    assert inference["users"] == 10 and inference["seen_movies"] > 0
 
     # Scaling: 1 and 2 processes, ids only and with CLIP vectors; 2 processes spend time in collectives.
     scaling = result["scaling"]

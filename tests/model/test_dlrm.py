@@ -91,6 +91,13 @@ def test_rating_task_scales_into_range_and_starts_at_the_mean():
     assert 0.5 <= task.predictions(torch.tensor([-1e4])).item() and task.predictions(torch.tensor([1e4])).item() <= 5.0
 
 
+class _Held(dict):
+    """A split's whole columns as `Prepared.splits` holds them (parts.SplitColumns): read, then released."""
+
+    def release(self) -> None:
+        self.clear()
+
+
 def test_binary_task_uses_bce_on_logits():
     objective = BinaryTask(CFG, EvalConfig())
     task = TaskModule(MovieDLRM(CFG, VOCAB, 5, sparse_device=torch.device("cpu")), objective)
@@ -100,7 +107,7 @@ def test_binary_task_uses_bce_on_logits():
     logits = task.model(dense, kjt)
     expected = -(labels * torch.log(torch.sigmoid(logits)) + (1 - labels) * torch.log(1 - torch.sigmoid(logits))).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    liked = {"train": {"rating": torch.tensor([5.0, 1.0, 2.0, 3.0]).numpy()}}  # a quarter at or above 4 stars
+    liked = {"train": _Held(rating=torch.tensor([5.0, 1.0, 2.0, 3.0]).numpy())}  # a quarter at or above 4 stars
     task.init_output(objective.initial_logit(SimpleNamespace(splits=liked)))
     assert task.model.output_layer.bias.item() == pytest.approx(math.log(0.25 / 0.75))
 
