@@ -1,5 +1,5 @@
 """Command line: synth | prepare | features | train | sweep | evaluate | plan | export | index | inspect | recommend |
-report.
+serve | report.
 
 The only place that reads argv.
 
@@ -66,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     who = recommend.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", type=int, help="MovieLens userId")
     who.add_argument("--similar", type=int, metavar="MOVIE_ID", help="movies nearest to this movieId")
+    who.add_argument("--liked", type=int, nargs="+", metavar="MOVIE_ID", help="a visitor without an account who likes "
+                     "these movieIds (a run with model.history_length > 0 and model.user_id=false)")
     who.add_argument("--all-users", action="store_true", help="every user's top k into --out (Parquet: user, rank, "
                      "movieId, score); shared out over the processes under torchrun")
     recommend.add_argument("-k", type=_positive, default=10, help="how many movies")
@@ -73,6 +75,12 @@ def _parser() -> argparse.ArgumentParser:
     recommend.add_argument("--ranker", type=Path, help="for a retrieval run: a ranking or rating run (same prepared "
                            "data) that re-ranks the retrieved candidates (model.retrieval.candidates of them)")
     recommend.add_argument("--out", type=Path, help="with --all-users: the Parquet file to write")
+
+    serve = sub.add_parser("serve", help="answer recommendations over HTTP (JSON API, docs at /docs) with a page at /")
+    serve.add_argument("run", type=Path, help="run folder written by `mmdlrm train` (a retrieval run is served from its index)")
+    serve.add_argument("--ranker", type=Path, help="for a retrieval run: a ranking or rating run that re-ranks its candidates")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=_port, default=8000, help="port to listen on (default 8000)")
 
     index = sub.add_parser("index", help="(re)build a retrieval run's FAISS index of movie vectors (<run>/index.faiss)")
     index.add_argument("run", type=Path, help="run folder of a model.task=retrieval run")
@@ -111,6 +119,14 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port, 1..65535."""
+    value = _positive(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is at most 65535, got {value}")
     return value
 
 
@@ -180,6 +196,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.command in ("inspect", "recommend"):
         print(_inspect(args))
         return 0
+    if args.command == "serve":
+        from mmdlrm.serving.server import serve
+
+        serve(args.run, args.ranker, args.host, args.port)
+        return 0
     if args.command == "index":
         from mmdlrm.inspection.run import open_run
         from mmdlrm.retrieval.recommenders import build_run_index, is_retrieval
@@ -245,6 +266,8 @@ def _inspect(args: argparse.Namespace) -> str:
             raise ConfigError("--out goes with --all-users (a single user's list is printed)")
         if args.similar is not None:
             return commands.inspect_movies(args.run, args.similar, args.k)
+        if args.liked is not None:
+            return commands.recommend_visitor(args.run, args.liked, args.k, args.ranker)
         return commands.recommend_user(args.run, args.user, args.k, args.popular_if_unknown, args.ranker)
     if args.inspect_command == "genres":
         return commands.inspect_genres(args.run)

@@ -15,6 +15,7 @@ TorchRec's `Batch` is reused, so batches move to devices and through TorchRec's 
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ import torch.distributed as dist
 from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from mmdlrm.config import ModelConfig
+from mmdlrm.config import ConfigError, ModelConfig
 from mmdlrm.data.negatives import NegativeSampler
 from mmdlrm.data.parts import part_bounds, read_range
 from mmdlrm.data.prepare import Prepared
@@ -174,6 +175,38 @@ class BatchBuilder:
         self.extra = [name for name, _ in cfg.extra_features(data.manifest["counts"])]
         self.keys += self.extra
         self.user_codes = {n: torch.from_numpy(data.users[n].astype(np.int64)) for n in DEMOGRAPHIC_FEATURES if n in data.users}
+        self.history_length = cfg.history_length
+
+    def visitor_problem(self) -> str | None:
+        """Why this model cannot describe a visitor by the movies they like (`for_visitors`), or None if it can."""
+        if self.user_id:  # (a model without a user table always has a history: the config insists)
+            return ("the model has a user-id table (model.user_id=true): it needs a known user; a visitor can be "
+                    "described only by a run trained with model.user_id=false and model.history_length > 0")  # fmt: skip
+        return None
+
+    def for_visitors(self, liked: list[np.ndarray]) -> BatchBuilder:
+        """A copy of this builder whose users 0..V-1 are visitors described by the movies each likes (`liked[v]`:
+        contiguous movie ids), for scoring people who have no account (issue 22).
+
+        A visitor's history is their last `model.history_length` liked movies, their rating count the number liked,
+        their mean rating the training mean (their stars are unknown) and their demographics unknown (code 0).
+        Movie tables are shared with this builder; only the per-user ones are replaced.
+
+        Raises:
+            ConfigError: the model cannot describe a visitor (`visitor_problem`).
+        """
+        problem = self.visitor_problem()
+        if problem is not None:
+            raise ConfigError(problem)
+        lists = [np.asarray(movies, dtype=np.int64)[-self.history_length :] for movies in liked]
+        lengths = torch.tensor([len(m) for m in lists], dtype=torch.int64)
+        visitors = copy.copy(self)
+        visitors.user_count = torch.tensor([float(len(m)) for m in liked])
+        visitors.user_sum = visitors.user_count * self.mean
+        visitors.history = (torch.cumsum(lengths, 0) - lengths, lengths,
+                            torch.from_numpy(np.concatenate(lists)) if lists else torch.empty(0, dtype=torch.int64))  # fmt: skip
+        visitors.user_codes = {n: torch.zeros(len(liked), dtype=torch.int64) for n in self.user_codes}
+        return visitors
 
     def build(self, rows: SplitRows, index: torch.Tensor, leave_one_out: bool = False, negatives: torch.Tensor | None = None,
               generator: torch.Generator | None = None) -> Batch:  # fmt: skip

@@ -16,6 +16,7 @@ recent history; every movie is a candidate.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,6 +86,21 @@ class TowerBatchBuilder:
             offsets, values = seen if seen is not None else data.history(np.iinfo(np.int32).max)
             self.seen = (torch.from_numpy(offsets), torch.from_numpy(values))
         self._catalogue: tuple[torch.Tensor, KeyedJaggedTensor, torch.Tensor] | None = None
+
+    def visitor_problem(self) -> str | None:
+        """Why the query tower cannot describe a visitor by the movies they like, or None if it can."""
+        return self.base.visitor_problem()
+
+    def for_visitors(self, liked: list[np.ndarray]) -> TowerBatchBuilder:
+        """A copy of this builder whose users 0..V-1 are visitors described by the movies they like (see
+        `BatchBuilder.for_visitors`); for `queries` only (no training batches: nothing to mask).
+
+        Raises:
+            ConfigError: the model cannot describe a visitor (`visitor_problem`).
+        """
+        visitors = copy.copy(self)
+        visitors.base, visitors.seen = self.base.for_visitors(liked), None
+        return visitors
 
     # -- the two sides
     def queries(self, users: torch.Tensor, leave_out: torch.Tensor | None = None, own: torch.Tensor | None = None,

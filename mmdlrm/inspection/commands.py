@@ -13,12 +13,11 @@ import torch
 from mmdlrm.data.synthetic import PlantedTruth
 from mmdlrm.distributed.env import DistEnv
 from mmdlrm.evaluation.ranking import EXCLUDED, KS, evaluate_ranking
-from mmdlrm.inspection.embeddings import genre_report, nearest_movies, plot_genres
-from mmdlrm.inspection.recommend import UnknownIdError, format_recommendations, listing, recommend
+from mmdlrm.inspection.embeddings import genre_report, plot_genres
+from mmdlrm.inspection.recommend import format_recommendations, recommend, recommend_liked, similar_movies
 from mmdlrm.inspection.run import Run, open_run
 from mmdlrm.retrieval.recommenders import (
     CatalogueRecommender,
-    IndexRecommender,
     open_recommender,
     recommender_for,
     recommender_scorer,
@@ -52,13 +51,7 @@ def inspect_movies(folder: Path, movie_id: int, k: int) -> str:
     """The k movies nearest to `movie_id`: by the index's movie vectors for a retrieval run, else by the learnt
     movie embedding."""
     run = open_run(folder)
-    recommender = recommender_for(run)
-    if isinstance(recommender, IndexRecommender):
-        found = recommender.similar(_movie_position(run, movie_id), k)
-    else:
-        index = {int(m): i for i, m in enumerate(run.data.movies["movie_id"])}
-        found = [(index[m], score) for m, _, score in nearest_movies(run.model, movie_id, k)]
-    items = [listing(run, i, score) for i, score in found]
+    items = similar_movies(recommender_for(run), movie_id, k)
     return f"nearest to {_title(run, movie_id)}:\n" + format_recommendations(items, "cosine")
 
 
@@ -107,12 +100,11 @@ def recommend_user(folder: Path, user_id: int, k: int, popular_if_unknown: bool,
     return head + format_recommendations(items, "count" if fallback else "score")
 
 
-def _movie_position(run: Run, movie_id: int) -> int:
-    ids = run.data.movies["movie_id"]
-    position = int(np.searchsorted(ids, movie_id))
-    if position >= len(ids) or ids[position] != movie_id:
-        raise UnknownIdError(f"movie {movie_id} is not in this model's catalogue ({len(ids):,} movies, ids {ids[0]}..{ids[-1]})")
-    return position
+def recommend_visitor(folder: Path, liked: list[int], k: int, ranker: Path | None = None) -> str:
+    """The top-k movies for a visitor without an account who likes the movies `liked` (MovieLens ids)."""
+    result = recommend_liked(open_recommender(folder, ranker), liked, k)
+    head = f"left out, not in the catalogue: {', '.join(map(str, result.unknown))}\n" if result.unknown else ""
+    return head + format_recommendations(result.items)
 
 
 def _title(run: Run, movie_id: int) -> str:

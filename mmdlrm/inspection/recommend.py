@@ -1,15 +1,26 @@
-"""Recommendations from a trained run: a user's top-k unseen movies, or a movie's nearest neighbours."""
+"""Recommendations from a trained run: a user's or a visitor's top-k unseen movies, a movie's nearest neighbours,
+title search.
+
+The CLI (`recommend`, `inspect movies`) and the HTTP service (mmdlrm/serving) both print or return what these
+functions give, so the two never disagree.
+"""
 
 from __future__ import annotations
 
+import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from mmdlrm.config import ConfigError
 from mmdlrm.evaluation.ranking import top_k
+from mmdlrm.inspection.embeddings import nearest_movies
 from mmdlrm.inspection.run import Run
-from mmdlrm.retrieval.recommenders import Recommender
+from mmdlrm.retrieval.recommenders import IndexRecommender, Recommender
+
+UNKNOWN_USER_HINT = "pass --popular-if-unknown for the most-rated movies"
 
 
 class UnknownIdError(KeyError):
@@ -35,7 +46,32 @@ def user_index(run: Run, user_id: int) -> int | None:
     return position if position < len(ids) and ids[position] == user_id else None
 
 
-def recommend(recommender: Recommender, user_id: int, k: int = 10, popular_if_unknown: bool = False) -> tuple[list[Recommendation], bool]:
+@dataclass
+class VisitorRecommendations:
+    """A visitor's list (`recommend_liked`) and what was made of the movies they named."""
+
+    items: list[Recommendation]
+    used: list[int]
+    """The liked movieIds the list was made from, in the order given (duplicates once)."""
+    unknown: list[int]
+    """Liked movieIds that are not in the run's catalogue (left out of the visitor's description)."""
+
+
+def movie_index(run: Run, movie_id: int) -> int | None:
+    """The contiguous id of MovieLens `movie_id` in the run's data, or None if it is not in the catalogue."""
+    ids = run.data.movies["movie_id"]
+    position = int(np.searchsorted(ids, movie_id))
+    return position if position < len(ids) and ids[position] == movie_id else None
+
+
+def unknown_movie(run: Run, movie_id: int) -> UnknownIdError:
+    """The error for a movieId the run's catalogue lacks, naming the catalogue's size and id range."""
+    ids = run.data.movies["movie_id"]
+    return UnknownIdError(f"movie {movie_id} is not in this model's catalogue ({len(ids):,} movies, ids {ids[0]}..{ids[-1]})")
+
+
+def recommend(recommender: Recommender, user_id: int, k: int = 10, popular_if_unknown: bool = False,
+              unknown_hint: str = UNKNOWN_USER_HINT) -> tuple[list[Recommendation], bool]:  # fmt: skip
     """The k best movies for `user_id` (raw MovieLens id) that they have not rated (in any split).
 
     Returns:
@@ -43,7 +79,8 @@ def recommend(recommender: Recommender, user_id: int, k: int = 10, popular_if_un
         returned instead (only with `popular_if_unknown`).
 
     Raises:
-        UnknownIdError: the user is not in the run's data and `popular_if_unknown` is False.
+        UnknownIdError: the user is not in the run's data and `popular_if_unknown` is False (the message ends
+            with `unknown_hint`, how to ask for the fallback).
     """
     run = recommender.run
     data = run.data
@@ -52,13 +89,85 @@ def recommend(recommender: Recommender, user_id: int, k: int = 10, popular_if_un
         if not popular_if_unknown:
             raise UnknownIdError(
                 f"user {user_id} is not in this run's data ({data.num_users:,} users, ids "
-                f"{data.users['user_id'][0]}..{data.users['user_id'][-1]}); pass --popular-if-unknown for the most-rated movies"
+                f"{data.users['user_id'][0]}..{data.users['user_id'][-1]}); {unknown_hint}"
             )
         popularity = torch.from_numpy(data.movies["train_count"].astype(np.float32))
         return [listing(run, int(i), float(popularity[i])) for i in top_k(popularity, np.empty(0, np.int64), k).tolist()], True
     seen = data.seen().of(position)  # every split: a few pages of the seen-movie index, no split column
     movies, scores = recommender.top_k(np.array([position]), k, [seen])
     return [listing(run, int(m), float(s)) for m, s in zip(movies[0], scores[0]) if m >= 0], False
+
+
+def recommend_liked(recommender: Recommender, liked: Sequence[int], k: int = 10) -> VisitorRecommendations:
+    """The k best movies for a visitor without an account who likes the movies `liked` (raw MovieLens ids), leaving
+    those out. Ids the catalogue lacks are reported in `unknown`, the others describe the visitor.
+
+    Raises:
+        UnknownIdError: none of `liked` is in the catalogue.
+        ConfigError: the run's model cannot describe a visitor (`Recommender.visitor_problem`).
+        ValueError: `liked` is empty.
+    """
+    run = recommender.run
+    if not liked:
+        raise ValueError("no liked movies given: name at least one movieId")
+    problem = recommender.visitor_problem()
+    if problem is not None:
+        raise ConfigError(f"this run cannot recommend for a visitor: {problem}")
+    given = list(dict.fromkeys(int(m) for m in liked))
+    positions = {m: movie_index(run, m) for m in given}
+    unknown = [m for m, p in positions.items() if p is None]
+    known = np.array([p for p in positions.values() if p is not None], dtype=np.int64)
+    if not len(known):
+        shown = ", ".join(map(str, unknown[:5])) + (", ..." if len(unknown) > 5 else "")
+        raise UnknownIdError(f"none of the liked movies ({shown}) is in this model's catalogue "
+                             f"({run.data.num_movies:,} movies); search titles for their movieIds")  # fmt: skip
+    movies, scores = recommender.top_k_for_history([known], k, [known])
+    items = [listing(run, int(m), float(s)) for m, s in zip(movies[0], scores[0]) if m >= 0]
+    return VisitorRecommendations(items, [m for m in given if positions[m] is not None], unknown)
+
+
+def similar_movies(recommender: Recommender, movie_id: int, k: int = 10) -> list[Recommendation]:
+    """The k movies nearest to `movie_id` (raw MovieLens id), scored by cosine: by the index's movie vectors for a
+    retrieval run, else by the learnt movie embedding.
+
+    Raises:
+        UnknownIdError: the movie is not in the run's catalogue.
+    """
+    run = recommender.run
+    position = movie_index(run, movie_id)
+    if position is None:
+        raise unknown_movie(run, movie_id)
+    retriever = getattr(recommender, "retriever", recommender)  # two stages: the neighbours are the retriever's
+    if isinstance(retriever, IndexRecommender):
+        found = retriever.similar(position, k)
+    else:
+        found = [(movie_index(run, m), score) for m, _, score in nearest_movies(run.model, movie_id, k)]
+    return [listing(run, int(i), score) for i, score in found]
+
+
+class TitleSearch:
+    """Title look-up over a run's catalogue: every word of the query in the title (case and accents ignored)."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.titles = [_folded(t) for t in run.data.titles]
+        self.counts = run.data.movies["train_count"]
+
+    def search(self, query: str, limit: int = 20) -> list[Recommendation]:
+        """Up to `limit` movies whose titles hold every word of `query`: titles that start with it first, then
+        the most-rated; each with its number of training ratings as the score."""
+        words = _folded(query).split()
+        if not words:
+            return []
+        start = " ".join(words)
+        found = [i for i, title in enumerate(self.titles) if all(w in title for w in words)]
+        found.sort(key=lambda i: (not self.titles[i].startswith(start), -int(self.counts[i]), i))
+        return [listing(self.run, i, float(self.counts[i])) for i in found[:limit]]
+
+
+def _folded(text: str) -> str:
+    """Lower case without accents ("Amélie" -> "amelie"), for matching what a person types."""
+    return "".join(c for c in unicodedata.normalize("NFKD", text.casefold()) if not unicodedata.combining(c))
 
 
 def listing(run: Run, index: int, score: float) -> Recommendation:

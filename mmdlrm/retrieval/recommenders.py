@@ -9,7 +9,9 @@
   ranker's score are kept.
 
 Each gives, for contiguous user ids and the movies to leave out of each list, U x k movie ids and scores, best
-first (-1 and -inf where fewer than k movies are left). `open_recommender` picks the way a run (and an optional
+first (-1 and -inf where fewer than k movies are left); `top_k_for_history` gives the same for visitors without
+an account, each described by the movies they like (through the history feature, where the model has one and no
+user-id table: `visitor_problem` says why not otherwise). `open_recommender` picks the way a run (and an optional
 ranker run) supports; `recommend`, `inspect ranking`, `--all-users` and the HTTP service all go through it.
 """
 
@@ -50,6 +52,18 @@ class Recommender(Protocol):
         """U x k movie ids and scores, best first (-1 and -inf where fewer than k movies are left)."""
         ...
 
+    def top_k_for_history(self, liked: list[np.ndarray], k: int, exclude: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """As `top_k`, for V visitors each described by the contiguous ids of the movies they like.
+
+        Raises:
+            ConfigError: the model cannot describe a visitor (`visitor_problem`).
+        """
+        ...
+
+    def visitor_problem(self) -> str | None:
+        """Why this recommender cannot describe a visitor by the movies they like, or None if it can."""
+        ...
+
 
 def top_k_of_scores(scores: torch.Tensor, k: int, exclude: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """The k best columns of each row of `scores` (U x movies), leaving out each row's `exclude` columns."""
@@ -72,16 +86,27 @@ class CatalogueRecommender:
     def __init__(self, run: Run) -> None:
         self.run = run
         self.name = f"{run.model.objective.model_label}, whole catalogue"
-        self._scorer: Scorer = run.model.objective.scorer(run.model.task, run.builder, run.data.num_movies, CPU)
+        self._scorer: Scorer = self._scorer_of(run.builder)
         self.users_per_call = max(1, (1 << 22) // run.data.num_movies)
 
-    def top_k(self, users, k, exclude):
+    def _scorer_of(self, builder) -> Scorer:
+        return self.run.model.objective.scorer(self.run.model.task, builder, self.run.data.num_movies, CPU)
+
+    def top_k(self, users, k, exclude, scorer: Scorer | None = None):
+        scorer = scorer or self._scorer
         movies, scores = [], []
         for start in range(0, len(users), self.users_per_call):
             part = slice(start, start + self.users_per_call)
-            found = top_k_of_scores(self._scorer(torch.as_tensor(users[part], dtype=torch.int64)), k, exclude[part])
+            found = top_k_of_scores(scorer(torch.as_tensor(users[part], dtype=torch.int64)), k, exclude[part])
             movies.append(found[0]), scores.append(found[1])
         return _stack(movies, scores, k)
+
+    def top_k_for_history(self, liked, k, exclude):
+        visitors = self._scorer_of(self.run.builder.for_visitors(liked))
+        return self.top_k(np.arange(len(liked)), k, exclude, visitors)
+
+    def visitor_problem(self):
+        return self.run.builder.visitor_problem()
 
 
 class IndexRecommender:
@@ -97,6 +122,15 @@ class IndexRecommender:
             return np.empty((0, k), np.int64), np.empty((0, k), np.float32)
         return self.index.search(user_vectors(self.run, users), k, exclude)
 
+    def top_k_for_history(self, liked, k, exclude):
+        if not liked:
+            return np.empty((0, k), np.int64), np.empty((0, k), np.float32)
+        vectors = user_vectors(self.run, np.arange(len(liked)), self.run.builder.for_visitors(liked))
+        return self.index.search(vectors, k, exclude)
+
+    def visitor_problem(self):
+        return self.run.builder.visitor_problem()
+
     def similar(self, movie: int, k: int) -> list[tuple[int, float]]:
         """The k movies whose vectors point nearest (cosine, without the movie offsets) to `movie`'s."""
         if self._directions is None:  # every movie's direction, once: a matrix-vector product per call after
@@ -107,10 +141,11 @@ class IndexRecommender:
         return [(int(m), float(s)) for s, m in zip(best.values, best.indices)]
 
 
-def user_vectors(run: Run, users: np.ndarray) -> np.ndarray:
-    """A retrieval run's query-tower unit vectors of `users` (contiguous ids; U x dim float32)."""
+def user_vectors(run: Run, users: np.ndarray, builder=None) -> np.ndarray:
+    """A retrieval run's query-tower unit vectors of `users` (contiguous ids; U x dim float32), built by the run's
+    builder or by `builder` (e.g. one for visitors, `TowerBatchBuilder.for_visitors`)."""
     with torch.no_grad():
-        dense, sparse = run.builder.queries(torch.as_tensor(users, dtype=torch.int64))
+        dense, sparse = (builder or run.builder).queries(torch.as_tensor(users, dtype=torch.int64))
         return run.model.task.model.encode_queries(dense, sparse)[0].numpy()
 
 
@@ -143,7 +178,23 @@ class TwoStageRecommender:
         return candidates, pair_scores(self.ranker, users, candidates), retrieval
 
     def top_k(self, users, k, exclude):
-        candidates, ranker, retrieval = self.stages(users, exclude)
+        return self._best(*self.stages(users, exclude), k)
+
+    def top_k_for_history(self, liked, k, exclude):
+        problem = self.visitor_problem()
+        if problem is not None:
+            raise ConfigError(problem)
+        candidates, retrieval = self.retriever.top_k_for_history(liked, self.candidates, exclude)
+        ranker = pair_scores(self.ranker, np.arange(len(liked)), candidates, self.ranker.builder.for_visitors(liked))
+        return self._best(candidates, ranker, retrieval, k)
+
+    def visitor_problem(self):
+        problem = self.retriever.visitor_problem()
+        ranker = self.ranker.builder.visitor_problem()
+        return problem or (f"the ranker {self.ranker.folder.name}: {ranker}" if ranker else None)
+
+    def _best(self, candidates: np.ndarray, ranker: np.ndarray, retrieval: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k best candidates of each row by the combined score (`stages`' three arrays)."""
         scores = combine(ranker, retrieval, self.weight)
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         movies = np.take_along_axis(candidates, order, axis=1)
@@ -155,8 +206,9 @@ class TwoStageRecommender:
         return movies, np.where(movies >= 0, values, -np.inf).astype(np.float32)
 
 
-def pair_scores(ranker: Run, users: np.ndarray, movies: np.ndarray) -> np.ndarray:
-    """The ranker's score of each (user, movie) pair: `movies` is U x N (-1: no movie, scored -inf)."""
+def pair_scores(ranker: Run, users: np.ndarray, movies: np.ndarray, builder=None) -> np.ndarray:
+    """The ranker's score of each (user, movie) pair: `movies` is U x N (-1: no movie, scored -inf); the batches
+    come from the ranker's builder, or `builder` (e.g. one for visitors)."""
     valid = movies >= 0
     rows = np.repeat(np.asarray(users, dtype=np.int64), movies.shape[1])[valid.ravel()]
     cols = movies[valid]
@@ -164,7 +216,7 @@ def pair_scores(ranker: Run, users: np.ndarray, movies: np.ndarray) -> np.ndarra
     if len(rows):
         pairs = SplitRows(torch.from_numpy(rows), torch.from_numpy(cols), torch.zeros(len(rows)))
         with torch.no_grad():
-            _, (_, preds, _) = ranker.model.task(ranker.builder.build(pairs, torch.arange(len(rows))))
+            _, (_, preds, _) = ranker.model.task((builder or ranker.builder).build(pairs, torch.arange(len(rows))))
         out[valid] = preds.float().numpy()
     return out
 
