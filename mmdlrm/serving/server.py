@@ -1,0 +1,64 @@
+"""`mmdlrm serve`: a run's recommender loaded once and warmed, then served by uvicorn in this process."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from mmdlrm.config import SYNTHETIC
+from mmdlrm.features.extract import feature_inputs
+from mmdlrm.features.inputs import read_posters
+from mmdlrm.inspection.recommend import recommend
+from mmdlrm.inspection.run import Run
+from mmdlrm.retrieval.recommenders import Recommender, open_recommender
+
+log = logging.getLogger("mmdlrm")
+
+CONCURRENCY_MAX = 256
+"""Connections and requests held at once; beyond them uvicorn answers 503 instead of queueing without bound."""
+
+
+def poster_files(run: Run) -> dict[int, Path]:
+    """movieId -> poster image, where the run's config names posters (`features.posters`) or its release is a
+    synthetic one with a posters/ folder; empty otherwise."""
+    release = Path(run.data.manifest["source"]["folder"])
+    source, _ = feature_inputs(run.model.config.features, release, run.model.config.data.source == SYNTHETIC)
+    if source is None or not Path(source).exists():
+        return {}
+    catalogue = set(run.data.movies["movie_id"].tolist())
+    return {m: path for m, path in read_posters(source).items() if m in catalogue}
+
+
+def warm(recommender: Recommender) -> None:
+    """One request of each kind before serving, so that what loads on first use (the seen-movie index, the
+    catalogue's vectors, lazily built tables) is not paid by the first visitor."""
+    run = recommender.run
+    recommend(recommender, int(run.data.users["user_id"][0]), 10)
+    if recommender.visitor_problem() is None:
+        recommender.top_k_for_history([np.array([0])], 10, [np.array([0])])
+
+
+def serve(run_dir: Path, ranker_dir: Path | None = None, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve the run in `run_dir` (re-ranked by `ranker_dir`) at http://host:port/ until interrupted.
+
+    Raises:
+        FileNotFoundError, ConfigError, CheckpointError, IndexFileError: the run (or ranker) cannot be opened; the
+            message names the fix.
+    """
+    import uvicorn
+
+    from mmdlrm.serving.app import create_app
+
+    recommender = open_recommender(run_dir, ranker_dir)
+    posters = poster_files(recommender.run)
+    warm(recommender)
+    app = create_app(recommender, posters)
+    problem = recommender.visitor_problem()
+    log.info("serving %s (%s, %d movies%s) at http://%s:%d/ (API docs at /docs)", run_dir, recommender.name,
+             recommender.run.data.num_movies, f", {len(posters):,} posters" if posters else "", host, port)  # fmt: skip
+    if problem is not None:
+        log.warning("visitors (POST /recommend) are refused: %s", problem)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, limit_concurrency=CONCURRENCY_MAX,
+                timeout_graceful_shutdown=5)  # fmt: skip
