@@ -14,6 +14,7 @@ from mmdlrm.data.synthetic import PlantedTruth
 from mmdlrm.distributed.env import DistEnv
 from mmdlrm.evaluation.ranking import EXCLUDED, KS, evaluate_ranking
 from mmdlrm.inspection.embeddings import genre_report, nearest_movies, plot_genres
+from mmdlrm.inspection.posters import poster_files
 from mmdlrm.inspection.recommend import UnknownIdError, format_recommendations, listing, recommend
 from mmdlrm.inspection.run import Run, open_run
 from mmdlrm.retrieval.recommenders import (
@@ -50,7 +51,7 @@ def inspect_genres(folder: Path) -> str:
 
 def inspect_movies(folder: Path, movie_id: int, k: int) -> str:
     """The k movies nearest to `movie_id`: by the index's movie vectors for a retrieval run, else by the learnt
-    movie embedding."""
+    movie embedding; with each movie's poster file where the run has posters."""
     run = open_run(folder)
     recommender = recommender_for(run)
     if isinstance(recommender, IndexRecommender):
@@ -59,7 +60,8 @@ def inspect_movies(folder: Path, movie_id: int, k: int) -> str:
         index = {int(m): i for i, m in enumerate(run.data.movies["movie_id"])}
         found = [(index[m], score) for m, _, score in nearest_movies(run.model, movie_id, k)]
     items = [listing(run, i, score) for i, score in found]
-    return f"nearest to {_title(run, movie_id)}:\n" + format_recommendations(items, "cosine")
+    posters = poster_files(run)
+    return f"nearest to {_title(run, movie_id, posters)}:\n" + format_recommendations(items, "cosine", posters)
 
 
 def inspect_ranking(folder: Path, users: int, ranker: Path | None = None) -> str:
@@ -114,6 +116,7 @@ def _movie_position(run: Run, movie_id: int) -> int:
     return position
 
 
-def _title(run: Run, movie_id: int) -> str:
+def _title(run: Run, movie_id: int, posters: dict[int, Path] | None = None) -> str:
     ids = run.model.movie_ids.tolist()
-    return f"{movie_id} {run.model.titles[ids.index(movie_id)]}" if movie_id in ids else str(movie_id)
+    title = f"{movie_id} {run.model.titles[ids.index(movie_id)]}" if movie_id in ids else str(movie_id)
+    return f"{title} (poster {posters[movie_id]})" if posters and movie_id in posters else title
