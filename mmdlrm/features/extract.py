@@ -38,9 +38,17 @@ from tqdm import tqdm
 
 from mmdlrm.config import SYNTHETIC, DataConfig, FeatureConfig
 from mmdlrm.data.movielens import catalogue_files
-from mmdlrm.features.encoders import FeatureError, ImageEncoder, TextEncoder, build_encoders
+from mmdlrm.features.encoders import FeatureError, ImageEncoder, TextEncoder, build_encoders, encoder_names
 from mmdlrm.features.inputs import catalogue_texts, read_passages, read_posters
-from mmdlrm.features.store import StoreHeader, check_inputs, is_complete, mark_complete, open_store, write_part
+from mmdlrm.features.store import (
+    StoreHeader,
+    check_encoders,
+    check_inputs,
+    is_complete,
+    mark_complete,
+    open_store,
+    write_part,
+)
 
 log = logging.getLogger("mmdlrm")
 
@@ -214,6 +222,8 @@ def _flush(store: Path, header: StoreHeader, pending: dict[str, list], text_enco
 def _image_size(encoder: ImageEncoder | None) -> int:
     if encoder is None:
         return 1
+    if hasattr(encoder, "image_size"):
+        return int(encoder.image_size)
     size = getattr(getattr(encoder, "model", None), "visual", None)
     size = getattr(size, "image_size", 224)
     return size[0] if isinstance(size, (tuple, list)) else int(size)
@@ -275,6 +285,8 @@ def _cache_path(cfg: FeatureConfig, data: DataConfig, release: Path, inputs: dic
     posters, summaries = feature_inputs(cfg, release, data.source == SYNTHETIC)
     settings = {"release": str(release.resolve()), "posters": posters, "summaries": summaries, "text": cfg.text_encoder,
                 "clip": [cfg.clip_model, cfg.clip_pretrained, cfg.clip_model_config], "inputs": inputs}  # fmt: skip
+    if cfg.image_encoder != "clip":  # absent for clip, so that stores cached before the choice existed are found
+        settings["image"] = cfg.image_encoder
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     return Path(data.cache_dir) / "features" / f"{release.name}-{key}"
 
@@ -283,14 +295,16 @@ def ensure_features(cfg: FeatureConfig, data: DataConfig, release: Path, movie_i
     """The complete store for this run's movies, extracting it first if needed (call on one rank).
 
     Raises:
-        FeatureError: no posters for an image modality, or an explicit `features.store` made from other inputs.
+        FeatureError: no posters for an image modality, or an explicit `features.store` made from other inputs or
+            by other encoders.
     """
     inputs = input_fingerprint(cfg, data, release)
     store = Path(cfg.store) if cfg.store else _cache_path(cfg, data, release, inputs)
     check_inputs(store, inputs)
+    posters_source, summaries_source = feature_inputs(cfg, release, data.source == SYNTHETIC)
+    check_encoders(store, *encoder_names(cfg, images=posters_source is not None))
     if is_complete(store):
         return store
-    posters_source, summaries_source = feature_inputs(cfg, release, data.source == SYNTHETIC)
     if cfg.uses_image and posters_source is None:
         raise FeatureError("features.modalities uses images but no posters are given; set features.posters=<folder or CSV>")
     posters = read_posters(posters_source) if posters_source else {}

@@ -50,15 +50,36 @@ def open_store(folder: str | Path, header: StoreHeader, inputs: dict[str, str | 
     if path.is_file():
         found = json.loads(path.read_text())
         if {k: found.get(k) for k in wanted} != wanted:
-            raise FeatureError(
-                f"{folder} holds vectors from {found.get('image_model')} / {found.get('text_model')}, not "
-                f"{header.image_model} / {header.text_model}; delete it or set features.store to another folder"
-            )
+            raise _other_encoders(folder, found, header.image_model, header.text_model)
         check_inputs(folder, inputs)
     else:
         record = {"inputs": inputs} if inputs is not None else {}
         path.write_text(json.dumps({**wanted, **record, "complete": False}, indent=2) + "\n")
     return set(stored_movie_ids(folder))
+
+
+def check_encoders(folder: str | Path, image_model: str | None, text_model: str) -> None:
+    """Refuse a store whose vectors came from other encoders than these (names with their weights tags).
+
+    A store made without posters has no image encoder to compare; its inputs (`check_inputs`) say whether posters
+    have been given since.
+
+    Raises:
+        FeatureError: the store's manifest names other encoders.
+    """
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return
+    found = json.loads(path.read_text())
+    if found.get("text_model") != text_model or found.get("image_model") not in (None, image_model or None):
+        raise _other_encoders(Path(folder), found, image_model, text_model)
+
+
+def _other_encoders(folder: Path, found: dict, image_model: str | None, text_model: str | None) -> FeatureError:
+    return FeatureError(
+        f"{folder} holds vectors from {found.get('image_model')} / {found.get('text_model')}, not "
+        f"{image_model} / {text_model}; delete it or set features.store to another folder"
+    )
 
 
 def check_inputs(folder: str | Path, inputs: dict[str, str | None] | None) -> None:

