@@ -89,7 +89,10 @@ def test_the_first_trial_is_the_base_config_moved_into_the_space_where_needed():
     values, notes = default_space(shipped).base_values(shipped)
     assert values["model.embedding_dim"] == 16 and values["model.history_length"] == 50
     assert values["model.embedding_l2"] == pytest.approx(1e-3) and values["train.batch_size"] == 256
-    assert len(notes) == 1 and "train.dense_weight_decay: 0.0 is outside" in notes[0] and "uses 1e-06" in notes[0]
+    assert notes == []  # the shipped config is the first trial, as it is
+    defaults = load_config(REPO / "configs" / "synthetic.yaml")
+    values, notes = default_space(defaults).base_values(defaults)
+    assert notes == ["model.embedding_l2: 0.0 is outside 1e-05..0.1 (log); the first trial uses 1e-05"]
     assert Param("x", "choice", choices=(8, 16, 64)).nearest(32) == 16
     assert Param("x", "int", 25, 200, step=25).nearest(60) == 50
     assert from_choice(as_choice([64, 32])) == [64, 32] and as_choice("auto") == "auto"
