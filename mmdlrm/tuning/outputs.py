@@ -32,7 +32,6 @@ from mmdlrm.distributed.env import DistEnv
 from mmdlrm.folders import FolderBusy
 from mmdlrm.inspection.plots import plot_importances, plot_tune_history
 from mmdlrm.run_folder import RunFinished, finite
-from mmdlrm.tuning.space import from_choice
 from mmdlrm.tuning.study import Study, overrides_of, trial_name
 
 log = logging.getLogger("mmdlrm")
@@ -47,7 +46,7 @@ def write_outputs(study: Study, trials: int, seconds: float) -> dict:
     frozen = study.optuna.get_trials(deepcopy=True)
     done = [t for t in frozen if t.state == TrialState.COMPLETE]
     best = study.optuna.best_trial if done else None
-    rows = [_row(t, monitor, best) for t in frozen]
+    rows = [_row(t, monitor, best, study.space.values(t.params)) for t in frozen]
     _write_atomic(folder / "trials.csv", _csv(rows))
     _write_atomic(folder / "trials.md", _markdown(rows))
     plot_tune_history([t.number for t in frozen], [_last_value(t) for t in frozen], [t.state.name for t in frozen],
@@ -66,7 +65,7 @@ def write_outputs(study: Study, trials: int, seconds: float) -> dict:
         "best": None, "final": None,
     }  # fmt: skip
     if best is not None:
-        values = {k: from_choice(v) for k, v in best.params.items()}
+        values = study.space.values(best.params)
         _write_atomic(folder / BEST, best_yaml(study, best.number, values, best.value))
         summary["best"] = {"trial": trial_name(best.number), "value": best.value, "values": values,
                            "best_epoch": best.user_attrs.get("best_epoch")}  # fmt: skip
@@ -116,7 +115,7 @@ def final_run(study: Study, summary: dict, env: DistEnv) -> dict:
     return summary
 
 
-def _row(trial: FrozenTrial, monitor: str, best: FrozenTrial | None) -> dict[str, Any]:
+def _row(trial: FrozenTrial, monitor: str, best: FrozenTrial | None, values: dict[str, Any]) -> dict[str, Any]:
     seconds = trial.user_attrs.get("seconds")
     return {
         "trial": trial_name(trial.number) + (" (best)" if best is not None and trial.number == best.number else ""),
@@ -125,7 +124,7 @@ def _row(trial: FrozenTrial, monitor: str, best: FrozenTrial | None) -> dict[str
         "best epoch": trial.user_attrs.get("best_epoch", ""),
         "epochs": len(trial.intermediate_values),
         "minutes": "" if seconds is None else f"{seconds / 60:.1f}",
-        **{k: from_choice(v) for k, v in sorted(trial.params.items())},
+        **dict(sorted(values.items())),
     }
 
 

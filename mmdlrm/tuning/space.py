@@ -2,11 +2,13 @@
 chosen per task (`default_space`).
 
 A space file (`mmdlrm tune --space SPACE.yaml`) names dotted config keys, each with a range or a list of choices;
-the field's type says whether a range is of whole numbers or not:
+the field's type says whether a range is of whole numbers or not. `zero: true` adds 0 (off) to a log range: the
+decade below `low` is searched too and means 0, so that "off" is one more value on the scale, not a second key:
 
     params:
       model.embedding_dim: {choices: [16, 32, 64]}
       train.dense_lr: {low: 1.0e-4, high: 1.0e-2, log: true}
+      model.embedding_l2: {low: 1.0e-5, high: 0.1, log: true, zero: true}
       model.history_length: {low: 25, high: 200, step: 25}
       model.over_arch: {choices: [[64, 32], [128, 64]]}
     pruner: {startup_trials: 3, warmup_epochs: 1}
@@ -38,7 +40,8 @@ SCALARS = (bool, int, float, str, type(None))
 
 @dataclass(frozen=True)
 class Param:
-    """One searched config key: a range (`low`..`high`, on a log scale with `log`, in steps of `step`) or `choices`."""
+    """One searched config key: a range (`low`..`high`, on a log scale with `log`, in steps of `step`, and 0 below
+    `low` with `zero`) or `choices`."""
 
     key: str
     kind: Literal["int", "float", "choice"]
@@ -47,17 +50,30 @@ class Param:
     log: bool = False
     step: float | None = None
     choices: tuple = ()
+    zero: bool = False
 
     def suggest(self, trial: optuna.Trial) -> Any:
-        """This key's value for `trial`: the one it has already, else a new draw (Optuna keeps it)."""
+        """This key's config value for `trial`: from the one it has already, else a new draw (Optuna keeps it)."""
         if self.kind == "int":
             return trial.suggest_int(self.key, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
         if self.kind == "float":
-            return trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
-        return from_choice(trial.suggest_categorical(self.key, [as_choice(c) for c in self.choices]))
+            low = self.low / 10 if self.zero else self.low
+            return self.value(trial.suggest_float(self.key, low, self.high, step=self.step, log=self.log))
+        return self.value(trial.suggest_categorical(self.key, [as_choice(c) for c in self.choices]))
+
+    def value(self, stored: Any) -> Any:
+        """The config value of what Optuna stores for this key (a list's YAML text, a draw below a `zero` range)."""
+        if self.kind == "choice":
+            return from_choice(stored)
+        if self.zero and stored < self.low:
+            return 0.0
+        return stored
 
     def nearest(self, value: Any) -> Any:
-        """The value of this range or list closest to `value` (the base config's, for the first trial)."""
+        """What Optuna stores for the value of this range or list closest to `value` (the base config's, for the
+        first trial)."""
+        if self.zero and value == 0:
+            return self.low / 10
         if self.kind == "choice":
             if value in self.choices:
                 return value
@@ -76,7 +92,7 @@ class Param:
             return "{" + ", ".join(yaml.safe_dump(c, default_flow_style=True).strip().removesuffix("...").strip()
                                    for c in self.choices) + "}"  # fmt: skip
         scale = " (log)" if self.log else f" step {self.step:g}" if self.step else ""
-        return f"{self.low:g}..{self.high:g}{scale}"
+        return f"{'0 or ' if self.zero else ''}{self.low:g}..{self.high:g}{scale}"
 
 
 def as_choice(value: Any) -> Any:
@@ -113,21 +129,26 @@ class Space:
     sampler: SamplerSettings = field(default_factory=SamplerSettings)
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
-        """Every key's value for `trial` (those it holds already kept: a resumed trial keeps its values)."""
+        """Every key's config value for `trial` (those it holds already kept: a resumed trial keeps its values)."""
         return {p.key: p.suggest(trial) for p in self.params}
+
+    def values(self, stored: dict[str, Any]) -> dict[str, Any]:
+        """The config values of a trial's stored parameters (`FrozenTrial.params`)."""
+        by_key = {p.key: p for p in self.params}
+        return {k: by_key[k].value(v) if k in by_key else v for k, v in stored.items()}
 
     def base_values(self, base: RunConfig) -> tuple[dict[str, Any], list[str]]:
         """The base config's value of each key, moved into the space where it lies outside; and a note per move.
 
         These are the first trial's values, so that a study starts from the config it was given.
         """
-        values, notes = {}, []
+        stored, notes = {}, []
         for p in self.params:
             value = dotted_value(base, p.key)
-            values[p.key] = p.nearest(value)
-            if values[p.key] != value:
-                notes.append(f"{p.key}: {value!r} is outside {p.describe()}; the first trial uses {values[p.key]!r}")
-        return {k: as_choice(v) for k, v in values.items()}, notes
+            stored[p.key] = p.nearest(value)
+            if p.value(stored[p.key]) != value:
+                notes.append(f"{p.key}: {value!r} is outside {p.describe()}; the first trial uses {p.value(stored[p.key])!r}")
+        return {k: as_choice(v) for k, v in stored.items()}, notes
 
     def to_dict(self) -> dict:
         """The space as a space file holds it (written into the study's folder and its manifest)."""
@@ -136,6 +157,8 @@ class Space:
             spec: dict[str, Any] = {"choices": list(p.choices)} if p.kind == "choice" else {"low": p.low, "high": p.high}
             if p.log:
                 spec["log"] = True
+            if p.zero:
+                spec["zero"] = True
             if p.step:
                 spec["step"] = p.step
             params[p.key] = spec
@@ -174,9 +197,9 @@ def _param(key: str, spec: Any, source: str) -> Param:
     where = f"{source}: {key}"
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}: give {{low: ..., high: ...}} or {{choices: [...]}}, not {spec!r}")
-    extra = set(spec) - {"low", "high", "log", "step", "choices"}
+    extra = set(spec) - {"low", "high", "log", "step", "choices", "zero"}
     if extra:
-        raise ConfigError(f"{where}: unknown setting {sorted(extra)[0]}; use low, high, log, step or choices")
+        raise ConfigError(f"{where}: unknown setting {sorted(extra)[0]}; use low, high, log, zero, step or choices")
     if "choices" in spec:
         choices = spec["choices"]
         if not isinstance(choices, list) or not choices or set(spec) != {"choices"}:
@@ -188,15 +211,17 @@ def _param(key: str, spec: Any, source: str) -> Param:
     if "low" not in spec or "high" not in spec:
         raise ConfigError(f"{where}: a range needs both low and high")
     low, high = (_as_number(spec[end], f"{where}.{end}") for end in ("low", "high"))
-    log, step = bool(spec.get("log", False)), spec.get("step")
+    log, step, zero = bool(spec.get("log", False)), spec.get("step"), bool(spec.get("zero", False))
     if not low < high:
         raise ConfigError(f"{where}: low ({low:g}) must be below high ({high:g})")
     if log and (low <= 0 or step is not None):
         raise ConfigError(f"{where}: a log range needs low > 0 and no step")
     if number is int and not (float(low).is_integer() and float(high).is_integer()):
         raise ConfigError(f"{where}: the field is a whole number; give whole low and high")
+    if zero and (number is int or not log):
+        raise ConfigError(f"{where}: zero: true goes with a log range of a decimal field (0 joins its bottom end)")
     return Param(key, "int" if number is int else "float", float(low), float(high), log,
-                 None if step is None else _as_number(step, f"{where}.step"))  # fmt: skip
+                 None if step is None else _as_number(step, f"{where}.step"), zero=zero)  # fmt: skip
 
 
 def _number_type(hint: Any) -> type | None:
@@ -243,8 +268,8 @@ def default_space(base: RunConfig) -> Space:
         Param("model.history_length", "choice", choices=tuple(history)),
         Param("train.dense_lr", "float", 1e-4, 1e-2, log=True),
         Param("sharding.sparse_lr", "float", 0.005, 0.3, log=True),
-        Param("model.embedding_l2", "float", 1e-5, 0.1, log=True),
-        Param("train.dense_weight_decay", "choice", choices=(0.0, 1e-4, 1e-3, 1e-2, 0.1)),  # 0 (the default) included
+        Param("model.embedding_l2", "float", 1e-5, 0.1, log=True, zero=True),
+        Param("train.dense_weight_decay", "float", 1e-5, 0.1, log=True, zero=True),
     ]
     if task == "retrieval":
         params += [
@@ -256,7 +281,7 @@ def default_space(base: RunConfig) -> Space:
         ]
     else:
         params.append(Param("model.dropout", "float", 0.0, 0.5))
-        batches = (128, 256, 512, 1024, 2048) if task in ("rating", "binary") else (128, 256, 512, 1024)
+        batches = (128, 256, 512, 1024, 2048, 4096) if task in ("rating", "binary") else (128, 256, 512, 1024)
         params.append(Param("train.batch_size", "choice", choices=batches))
     if task == "ranking":
         # Each positive costs 1 + negatives rows a step: beyond 128 a trial takes hours on a small machine.

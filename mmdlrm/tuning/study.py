@@ -147,7 +147,7 @@ def _check_metric(metric: str | None, task: Task) -> None:
 def _check_space(space: Space, config: str | Path | None, overrides: list[str]) -> None:
     """Every end of every range and every choice makes a valid config with the base (checked before any trial)."""
     for param in space.params:
-        ends = param.choices if param.kind == "choice" else (param.low, param.high)
+        ends = param.choices if param.kind == "choice" else (param.low, param.high, *([0.0] if param.zero else []))
         for value in ends:
             if param.kind == "int":
                 value = int(value)

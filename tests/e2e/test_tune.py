@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from mmdlrm.cli import main
 from mmdlrm.config import dotted_value, load_config
 from mmdlrm.tuning import study as study_module
+from mmdlrm.tuning.space import read_space
 
 REPO = Path(__file__).resolve().parents[2]
 DEBUG = str(REPO / "configs" / "debug.yaml")
@@ -101,13 +102,14 @@ def test_tune_on_the_ml1m_layout_chooses_on_validation_and_tests_the_best_once(t
     best = min(trials, key=lambda t: t.value)
     assert summary["best"]["trial"] == f"t{best.number:04d}" and summary["best"]["value"] == pytest.approx(best.value)
     assert summary["metric"] == "val_rmse" and summary["trials"] == {"complete": 3}
+    space = read_space(folder / "space.yaml")
     for trial in trials:  # each trial a validation-only run of the base config plus its values
         run = folder / "trials" / f"t{trial.number:04d}"
         results = json.loads((run / "results.json").read_text())
         assert results["test"] == {} and not (run / "checkpoints").exists()
         cfg = load_config(run / "config.yaml")
         assert cfg.data.synthetic.layout == "ml-1m" and not cfg.eval.test
-        for key, value in trial.params.items():
+        for key, value in space.values(trial.params).items():
             assert dotted_value(cfg, key) == pytest.approx(value)
         assert [trial.intermediate_values[e] for e in sorted(trial.intermediate_values)] == pytest.approx(
             [e["val"]["rmse"] for e in results["epochs"]])  # fmt: skip
@@ -115,7 +117,7 @@ def test_tune_on_the_ml1m_layout_chooses_on_validation_and_tests_the_best_once(t
     # the best YAML is a config `train` takes: the base with the best trial's values, testing on
     best_cfg = load_config(folder / "best.yaml")
     assert best_cfg.eval.test and best_cfg.name == "ml1m-tuned" and best_cfg.data.synthetic.layout == "ml-1m"
-    for key, value in best.params.items():
+    for key, value in space.values(best.params).items():
         assert dotted_value(best_cfg, key) == pytest.approx(value)
     # trained once more from it: the trial's validation metric again (same seed), now tested beside the baselines
     final = summary["final"]

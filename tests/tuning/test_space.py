@@ -27,20 +27,26 @@ params:
   model.embedding_dim: {choices: [8, 16]}
   model.history_length: {low: 25, high: 200, step: 25}
   train.dense_lr: {low: 1e-4, high: 1.0e-2, log: true}
+  model.embedding_l2: {low: 1.0e-4, high: 0.1, log: true, zero: true}
   model.over_arch: {choices: [[64, 32], [128]]}
   model.ranking.positive_threshold: {low: 3.0, high: 4.5}
 pruner: {startup_trials: 2, warmup_epochs: 0}
 """)
     kinds = {p.key: p.kind for p in space.params}
     assert kinds == {"model.embedding_dim": "choice", "model.history_length": "int", "train.dense_lr": "float",
-                     "model.over_arch": "choice", "model.ranking.positive_threshold": "float"}  # fmt: skip
+                     "model.embedding_l2": "float", "model.over_arch": "choice",
+                     "model.ranking.positive_threshold": "float"}  # fmt: skip
     assert space.pruner.startup_trials == 2 and space.pruner.warmup_epochs == 0 and space.sampler.startup_trials == 5
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    for _ in range(5):
+    l2 = []
+    for _ in range(30):
         values = space.suggest(study.ask())
         assert values["model.history_length"] % 25 == 0 and 1e-4 <= values["train.dense_lr"] <= 1e-2
+        l2.append(values["model.embedding_l2"])
         assert values["model.over_arch"] in ([64, 32], [128])  # lists go through Optuna as YAML text and come back
         load_config(REPO / "configs" / "debug.yaml", overrides_of(values))
+    assert 0.0 in l2 and all(v == 0.0 or 1e-4 <= v <= 0.1 for v in l2)  # the decade below low is 0
+    assert [space.values(t.params)["model.embedding_l2"] for t in study.trials] == l2
 
 
 @pytest.mark.parametrize(
@@ -53,6 +59,7 @@ pruner: {startup_trials: 2, warmup_epochs: 0}
         ("params:\n  model.embedding_dim: {low: 8.5, high: 16}\n", "whole number; give whole low and high"),
         ("params:\n  model.embedding_dim: {choices: []}\n", "choices is a non-empty list"),
         ("params:\n  model.dropout: {low: 0.0}\n", "a range needs both low and high"),
+        ("params:\n  model.dropout: {low: 0.0, high: 0.5, zero: true}\n", "zero: true goes with a log range"),
         ("params:\n  model: {choices: [1]}\n", "model is a section"),
         ("params:\n  model.dropout: {low: 0.0, high: 0.5}\nprunner: {}\n", "unknown section prunner"),
         ("model.dropout: [0.1]\n", "a space file maps `params:`"),
@@ -91,8 +98,13 @@ def test_the_first_trial_is_the_base_config_moved_into_the_space_where_needed():
     assert values["model.embedding_l2"] == pytest.approx(1e-3) and values["train.batch_size"] == 256
     assert notes == []  # the shipped config is the first trial, as it is
     defaults = load_config(REPO / "configs" / "synthetic.yaml")
-    values, notes = default_space(defaults).base_values(defaults)
-    assert notes == ["model.embedding_l2: 0.0 is outside 1e-05..0.1 (log); the first trial uses 1e-05"]
+    space = default_space(defaults)
+    values, notes = space.base_values(defaults)
+    assert notes == [] and space.values(values)["model.embedding_l2"] == 0.0  # 0 is on the scale: the decade below
+    assert space.values(values)["train.dense_weight_decay"] == 0.0 and values["model.embedding_l2"] == pytest.approx(1e-6)
+    outside = load_config(REPO / "configs" / "debug.yaml", ["model.embedding_dim=12"])
+    assert default_space(outside).base_values(outside)[1] == [
+        "model.embedding_dim: 12 is outside {8, 16, 32, 64}; the first trial uses 8"]
     assert Param("x", "choice", choices=(8, 16, 64)).nearest(32) == 16
     assert Param("x", "int", 25, 200, step=25).nearest(60) == 50
     assert from_choice(as_choice([64, 32])) == [64, 32] and as_choice("auto") == "auto"
