@@ -67,7 +67,7 @@ def write_outputs(study: Study, trials: int, seconds: float) -> dict:
     if best is not None:
         values = study.space.values(best.params)
         _write_atomic(folder / BEST, best_yaml(study, best.number, values, best.value))
-        summary["best"] = {"trial": trial_name(best.number), "value": best.value, "values": values,
+        summary["best"] = {"trial": trial_name(best.number), "number": best.number, "value": best.value, "values": values,
                            "best_epoch": best.user_attrs.get("best_epoch")}  # fmt: skip
     _write_atomic(folder / SUMMARY, json.dumps(finite(summary), indent=2, allow_nan=False) + "\n")
     log.info("tune %s: %s\n%s", folder, _states_line(summary), _markdown(rows))
@@ -77,9 +77,11 @@ def write_outputs(study: Study, trials: int, seconds: float) -> dict:
 def best_yaml(study: Study, number: int, values: dict[str, Any], value: float) -> str:
     """The base config (its file's settings and the command line's) with the trial's values, as a config file."""
     tree = config_tree(study.config, [*study.overrides, *overrides_of(values), f"name={study.base.name}-tuned"])
+    overridden = " and the command line" if study.overrides else ""
     head = (f"# Chosen by `mmdlrm tune` on validation {study.task.monitor} ({value:.4f}, trial {trial_name(number)} of "
-            f"{study.folder}),\n# from {study.config or 'the defaults'} with the values below; the test split was "
-            f"not read to choose it.\n#   mmdlrm train --config {study.folder / BEST}\n")  # fmt: skip
+            f"{study.folder}): {study.config or 'the defaults'}{overridden}\n# with the trial's values of "
+            f"{', '.join(values)}.\n# The test split was not read to choose it. Train and test it with\n"
+            f"#   mmdlrm train --config {study.folder / BEST}\n")  # fmt: skip
     from_dict(tree, BEST)  # checked as `train` will read it
     return head + yaml.safe_dump(tree, sort_keys=False)
 
@@ -91,7 +93,7 @@ def final_run(study: Study, summary: dict, env: DistEnv) -> dict:
     if summary["best"] is None:
         log.warning("tune %s: no trial finished, so there is no best config to train and test", study.folder)
         return summary
-    number = int(summary["best"]["trial"][1:])
+    number = summary["best"]["number"]
     cfg = load_config(study.folder / BEST, [f"output_dir={study.folder}", f"name=final-{trial_name(number)}"])
     log.info("tune %s: training the best config (trial %s) once more, now with the test split", study.folder,
              trial_name(number))  # fmt: skip

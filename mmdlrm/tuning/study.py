@@ -44,7 +44,7 @@ from mmdlrm.data.prepare import ensure_prepared, load_prepared
 from mmdlrm.distributed.env import DistEnv
 from mmdlrm.folders import FolderBusy, FolderLock
 from mmdlrm.tasks import TASKS, Task, build_task
-from mmdlrm.tuning.space import Space, default_space, read_space, space_from_dict
+from mmdlrm.tuning.space import Space, default_space, read_space
 
 log = logging.getLogger("mmdlrm")
 
@@ -248,6 +248,20 @@ def _claim(study: Study, number: int) -> FolderLock | None:
         lock.release()  # finished by the process that held it a moment ago
         return None
     return lock
+
+
+def held_elsewhere(study: Study) -> list[int]:
+    """The RUNNING trials another live process is working on (an orphan's lock is free: it is not among them)."""
+    busy = []
+    for trial in study.optuna.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        lock = _owner_lock(study, trial.number)
+        try:
+            lock.acquire()
+        except FolderBusy:
+            busy.append(trial.number)
+        else:
+            lock.release()
+    return busy
 
 
 def _adopt(study: Study) -> tuple[int, FolderLock] | None:

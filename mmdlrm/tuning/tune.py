@@ -6,12 +6,10 @@ import logging
 import time
 from pathlib import Path
 
-from optuna.trial import TrialState
-
 from mmdlrm.config import ConfigError
 from mmdlrm.distributed.env import DistEnv
 from mmdlrm.tuning.outputs import final_run, write_outputs
-from mmdlrm.tuning.study import open_study, trial_name, work
+from mmdlrm.tuning.study import held_elsewhere, open_study, trial_name, work
 
 log = logging.getLogger("mmdlrm")
 
@@ -37,7 +35,7 @@ def tune(config: str | Path | None, overrides: list[str], trials: int, env: Dist
     started = time.monotonic()
     study = open_study(config, overrides, metric, space_path, name)
     work(study, trials, env, None if timeout_min is None else started + 60 * timeout_min)
-    left = [t.number for t in study.optuna.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+    left = held_elsewhere(study)
     summary = write_outputs(study, trials, time.monotonic() - started)
     if left:
         log.info("tune %s: trials %s still run in other processes; the last process to finish trains the best config "
