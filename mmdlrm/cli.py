@@ -1,5 +1,5 @@
-"""Command line: synth | prepare | features | train | sweep | evaluate | plan | export | index | inspect | recommend |
-serve | report.
+"""Command line: synth | prepare | features | train | sweep | tune | evaluate | plan | export | index | inspect |
+recommend | serve | report.
 
 The only place that reads argv.
 
@@ -35,6 +35,16 @@ def _parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="train a grid of config overrides, choose on validation, tabulate")
     sweep.add_argument("--grid", type=Path, required=True, help="YAML: dotted config key -> list of values to try")
     sweep.add_argument("--name", help="the sweep's folder under output_dir (default: the grid file's name)")
+    tune = sub.add_parser("tune", help="search config overrides on validation (Optuna, pruned per epoch), then train the "
+                          "best once and test it")
+    tune.add_argument("--trials", type=_positive, required=True, help="trials the study holds when done (a study run "
+                      "again, or by several processes at once, goes on to this many)")
+    tune.add_argument("--timeout", type=_minutes, metavar="MIN", help="start no new trial after this many minutes")
+    tune.add_argument("--metric", help="the validation metric chosen on: the task's, val_rmse (rating), val_auc "
+                      "(binary), val_ndcg@20 (ranking, retrieval); given, it is checked against the task")
+    tune.add_argument("--space", type=Path, help="YAML: config keys and their ranges (default: the task's space, "
+                      "README \"Tuning\")")
+    tune.add_argument("--name", help="the study's folder under output_dir (default: the config's name + -tune)")
     evaluate = sub.add_parser("evaluate", help="test a trained run's best checkpoint beside the baselines")
     evaluate.add_argument("run", type=Path, help="run folder (holds config.yaml and checkpoints/best)")
     features = sub.add_parser("features", help="movie content vectors: `clip` encodes, `summaries` gathers texts, "
@@ -109,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="write a run's best model as one plain file (<run>/model.pt)")
     export.add_argument("run", type=Path, help="run folder written by `mmdlrm train`")
     export.add_argument("--out", type=Path, help="file to write (default <run>/model.pt)")
-    for command in (synth, prepare, train, sweep, evaluate, clip, probe, plan):
+    for command in (synth, prepare, train, sweep, tune, evaluate, clip, probe, plan):
         command.add_argument("--config", type=Path, help="YAML config (see configs/)")
         command.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
     return parser
@@ -131,6 +141,17 @@ def _port(text: str) -> int:
     value = _positive(text)
     if value > 65535:
         raise argparse.ArgumentTypeError(f"a port is at most 65535, got {value}")
+    return value
+
+
+def _minutes(text: str) -> float:
+    """An argparse type: minutes > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 minutes, got {text}")
     return value
 
 
@@ -176,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C: what was saved stays; say how to go on instead of a traceback
         again = {"train": " the same command continues from the run's last checkpoint (train.resume=false starts over)",
                  "sweep": " the same command continues: finished points are read back, the stopped one resumes",
+                 "tune": " the same command continues the study: the trial in progress resumes from its last checkpoint",
                  "features": " the same command encodes only the movies the store does not hold yet"}  # fmt: skip
         print(f"mmdlrm {args.command}: interrupted;{again.get(args.command, ' nothing was left half-written')}",
               file=sys.stderr)  # fmt: skip
@@ -256,6 +278,11 @@ def _run(args: argparse.Namespace) -> int:
             from mmdlrm.sweep import sweep
 
             sweep(args.config, args.grid, args.overrides, env, args.name)
+        elif args.command == "tune":
+            from mmdlrm.tuning.tune import tune
+
+            tune(args.config, args.overrides, args.trials, env, timeout_min=args.timeout, metric=args.metric,
+                 space_path=args.space, name=args.name)  # fmt: skip
         else:
             training.evaluate_run(cfg, args.run, env)
     finally:

@@ -410,6 +410,10 @@ class EvalConfig:
     """A held-out rating at or above this makes the movie relevant to its user in ranking metrics."""
     ease_max_items: int = 20_000
     """EASE fits an items x items matrix: on more movies than this it uses the most-rated ones only."""
+    test: bool = True
+    """Test the best checkpoint beside the baselines when training ends. `false`: a validation-only run, as
+    `mmdlrm tune`'s trials are: the test split is never opened and no baselines are fitted (they exist for the
+    test table); results.json holds the validation curve and the best epoch, and no test metrics."""
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "ranking_users", "ease_max_items"):
@@ -559,8 +563,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         ConfigError: unknown keys (with the nearest valid name), values of the wrong type, failed checks.
         FileNotFoundError: the YAML file does not exist.
     """
+    source = str(path) if path is not None else "defaults"
+    if overrides:
+        source = f"{source} + command line" if path is not None else "command line"
+    return _build(RunConfig, config_tree(path, overrides), prefix="", source=source)
+
+
+def config_tree(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """The YAML file's mapping (or an empty one) with the `key=value` overrides set in it: what `load_config`
+    builds a RunConfig from, unresolved, so that it can be written out again listing only what it sets.
+
+    Raises:
+        ConfigError: an override that is not key=value or names no field (with the nearest valid name).
+        FileNotFoundError: the YAML file does not exist.
+    """
     tree: dict[str, Any] = {}
-    source = "defaults"
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -569,7 +586,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
         tree = loaded or {}
-        source = str(path)
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -581,9 +597,33 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         except yaml.YAMLError:
             value = raw  # e.g. a path with a colon: the field's type check decides
         _set_dotted(tree, key.strip(), value)
-    if overrides:
-        source = f"{source} + command line" if path is not None else "command line"
-    return _build(RunConfig, tree, prefix="", source=source)
+    return tree
+
+
+def field_type(key: str, source: str) -> Any:
+    """The type of the config field a dotted key names (`int`, `float`, `Literal[...]`, ...).
+
+    Raises:
+        ConfigError: the key names no field, or names a section (with the nearest valid name).
+    """
+    _check_key(key, source)
+    cls: Any = RunConfig
+    for part in key.split("."):
+        if typing.get_origin(cls) is dict:  # sharding.tables.<feature>: the value type's fields follow
+            cls = typing.get_args(cls)[1]
+            continue
+        cls = typing.get_type_hints(cls)[part]
+    if dataclasses.is_dataclass(cls) or typing.get_origin(cls) is dict:
+        raise ConfigError(f"{source}: {key} is a section; name one of its values")
+    return cls
+
+
+def dotted_value(cfg: RunConfig, key: str) -> Any:
+    """The value of a dotted key in a resolved config (`model.embedding_dim` -> 32)."""
+    node: Any = cfg
+    for part in key.split("."):
+        node = node[part] if isinstance(node, dict) else getattr(node, part)
+    return node
 
 
 def from_dict(tree: dict[str, Any], source: str = "saved config") -> RunConfig:

@@ -6,7 +6,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,6 +37,12 @@ from mmdlrm.schema import HISTORY_FEATURE
 from mmdlrm.tasks import Evaluation, Task, build_task
 
 log = logging.getLogger("mmdlrm")
+
+EpochHook = Callable[[dict], None]
+"""Called with each finished epoch's record (`epoch`, `train_loss`, `val` metrics, ...) on every rank, in order:
+after the epoch's checkpoint and metrics line are written, and, in a resumed run, first for each epoch it restores.
+It may raise to stop the run there (as `mmdlrm tune` prunes a trial): the run is then left unfinished, its last
+checkpoint kept, and the exception goes on to the caller."""
 
 
 @dataclass
@@ -171,8 +177,11 @@ def build(cfg: RunConfig, env: DistEnv) -> Setup:
     return Setup(data, task, loader, sharded, Evaluation(data, builder, env, cfg.eval, cfg.train.seed))
 
 
-def train(cfg: RunConfig, env: DistEnv) -> TrainResult:
+def train(cfg: RunConfig, env: DistEnv, on_epoch: EpochHook | None = None) -> TrainResult:
     """Train, validate each epoch, stop early, keep the best checkpoint, test it beside the baselines.
+
+    With `eval.test=false` the run ends after its last validation: no test, no baselines, the test split never
+    opened. `on_epoch` sees each epoch's record as it is written (see `EpochHook`).
 
     A run stopped part-way (crash, kill, pre-emption) and started again with the same config continues from its
     last checkpoint: same weights, optimiser states and data position, so it ends as an uninterrupted run would.
@@ -187,7 +196,7 @@ def train(cfg: RunConfig, env: DistEnv) -> TrainResult:
     rank0_decides(env, lambda: run_folder.hold(cfg, lock))
     try:
         with naming_full_disk(cfg.run_dir, lambda: _kept(cfg.run_dir)):
-            return _train(cfg, env)
+            return _train(cfg, env, on_epoch or (lambda record: None))
     finally:
         lock.release()
 
@@ -203,7 +212,7 @@ def _kept(run_dir: Path) -> str:
             "to it. Free some space there, then run the same command again: it continues from that checkpoint")
 
 
-def _train(cfg: RunConfig, env: DistEnv) -> TrainResult:
+def _train(cfg: RunConfig, env: DistEnv, on_epoch: EpochHook) -> TrainResult:
     run_dir = cfg.run_dir
     last = run_dir / "checkpoints" / "last"
     decision = rank0_decides(env, lambda: run_folder.decide_start(cfg, checkpoint.find(last) is not None))
@@ -216,9 +225,12 @@ def _train(cfg: RunConfig, env: DistEnv) -> TrainResult:
     board = Board(run_dir / "tensorboard") if cfg.train.tensorboard and env.is_rank0 else None
     if env.is_rank0:
         (run_dir / "plan.txt").write_text(setup.sharded.describe() + "\n")
-        result.baselines = task.baselines(setup.evaluation)
+        if cfg.eval.test:  # fitted for the test table: a validation-only run has none
+            result.baselines = task.baselines(setup.evaluation)
     references = {name: b["val"][task.monitor] for name, b in result.baselines.items()}
     checkpoints = run_dir / "checkpoints"
+    for record in state.epochs:  # a resumed run's restored epochs, so that the hook sees the whole curve
+        on_epoch(record)
     while not state.done:
         record = _train_epoch(model, optimizer, setup.loader, state, cfg, env, checkpoints / "last", board, schedule)
         note = task.epoch_note()
@@ -245,10 +257,13 @@ def _train(cfg: RunConfig, env: DistEnv) -> TrainResult:
                 board.epoch(record["epoch"], record["train_loss"], record["val"], references)
         if stop:
             log0(env, "early stop: no %s improvement for %d epochs", task.monitor, state.bad_epochs)
+        on_epoch(record)
     result.epochs, result.best_epoch = state.epochs, state.best_epoch
-    checkpoint.load(checkpoints / "best", model)
     result.checkpoint = checkpoints / "best"
-    result.test, preds, labels = task.evaluate(model, "test", setup.evaluation, keep_predictions=True)
+    preds = labels = None
+    if cfg.eval.test:
+        checkpoint.load(checkpoints / "best", model)
+        result.test, preds, labels = task.evaluate(model, "test", setup.evaluation, keep_predictions=True)
     if env.is_rank0:
         _write_outputs(result, task, preds, labels)
         task.after_training(run_dir)
@@ -396,6 +411,11 @@ def _write_outputs(result: TrainResult, task: Task, preds: torch.Tensor | None, 
     if preds is not None and labels is not None:
         task.plot_predictions(preds.numpy(), labels.numpy(), run_dir / "plots" / "predictions.png")
     run_folder.write_results(run_dir, result.to_json())
+    if not result.test:
+        best = result.epochs[result.best_epoch]["val"][task.monitor]
+        log.info("validation only (eval.test=false): best epoch %d, val %s %.4f; the test split was not opened",
+                 result.best_epoch, task.monitor, best)  # fmt: skip
+        return
     log.info("test results (best epoch %d):\n%s", result.best_epoch, task.results_table(result.test, result.baselines))
 
 

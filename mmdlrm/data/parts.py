@@ -65,8 +65,16 @@ class SplitColumns(Mapping[str, np.ndarray]):
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._names = pq.ParquetFile(str(path)).schema_arrow.names
+        self._columns: list[str] | None = None
         self._held: dict[str, np.ndarray] = {}
+
+    @property
+    def _names(self) -> list[str]:
+        # Read from the footer on first use, not when the dataset is opened: a run that never reads a split
+        # (a validation-only run and its test split, eval.test=false) never opens its file.
+        if self._columns is None:
+            self._columns = pq.ParquetFile(str(self.path)).schema_arrow.names
+        return self._columns
 
     def __getitem__(self, name: str) -> np.ndarray:
         if name not in self._names:

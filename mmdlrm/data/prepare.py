@@ -94,7 +94,7 @@ class Prepared:
     genres: list[str]
     rank: int = 0
     world_size: int = 1
-    _seen: dict[str, UserMovies] | None = field(default=None, repr=False)
+    _seen: dict[str, UserMovies] = field(default_factory=dict, repr=False)
 
     @property
     def num_users(self) -> int:
@@ -132,8 +132,9 @@ class Prepared:
         unknown = [s for s in splits if s not in SPLITS]
         if unknown:
             raise ValueError(f"unknown split {unknown[0]!r}; the splits are {', '.join(SPLITS)}")
-        if self._seen is None:
-            self._seen = load_seen(self.folder, self.num_users)
+        missing = [s for s in splits if s not in self._seen]
+        if missing:  # only the splits asked for are opened (a validation-only run never opens test's)
+            self._seen |= load_seen(self.folder, self.num_users, missing)
         return SeenMovies({s: self._seen[s] for s in splits})
 
 

@@ -143,11 +143,15 @@ def _save(folder: Path, parts: dict[str, UserMovies], num_users: int) -> None:
     _replace(folder / MANIFEST, lambda f: f.write(manifest.encode()))
 
 
-def load_seen(folder: Path, num_users: int) -> dict[str, UserMovies]:
-    """Every split's index of the prepared dataset in `folder`, memory-mapped; built first if missing or stale."""
+def load_seen(folder: Path, num_users: int, splits: Sequence[str] = SPLITS) -> dict[str, UserMovies]:
+    """The index of `splits` of the prepared dataset in `folder`, memory-mapped; built first if missing or stale.
+
+    Only the files of `splits` are looked at (sizes, footers, index files), so that a run which must not read a
+    split (a validation-only run and its test split) does not open it while the index is current.
+    """
     manifest = folder / MANIFEST
-    current = manifest.is_file() and json.loads(manifest.read_text()) == _inputs(folder, num_users)
-    files = [_path(folder, s, kind) for s in SPLITS for kind in ("offsets", "movies")]
+    current = manifest.is_file() and _current(json.loads(manifest.read_text()), folder, num_users, splits)
+    files = [_path(folder, s, kind) for s in splits for kind in ("offsets", "movies")]
     if not (current and all(f.is_file() for f in files)):
         why = "is missing" if not manifest.is_file() else "was made from other split files" if not current else "is incomplete"
         log.info("%s: the seen-movie index %s; building it (read once: train_by_user, val, test)", folder, why)
@@ -156,9 +160,17 @@ def load_seen(folder: Path, num_users: int) -> dict[str, UserMovies]:
             _save(folder, parts, num_users)
         except OSError as error:
             log.warning("%s: cannot write the seen-movie index (%s); holding it in memory for this process", folder, error)
-            return parts
+            return {s: parts[s] for s in splits}
     return {s: UserMovies(np.load(_path(folder, s, "offsets"), mmap_mode="r"), np.load(_path(folder, s, "movies"), mmap_mode="r"))
-            for s in SPLITS}  # fmt: skip
+            for s in splits}  # fmt: skip
+
+
+def _current(saved: dict, folder: Path, num_users: int, splits: Sequence[str]) -> bool:
+    """Whether the index manifest `saved` matches the source files of `splits` as they are now."""
+    if saved.get("format") != FORMAT or saved.get("users") != num_users:
+        return False
+    made_from = saved.get("made_from") or {}
+    return all(made_from.get(SOURCES[s]) == _source(folder / SOURCES[s]) for s in splits)
 
 
 def build_seen(folder: Path, num_users: int) -> dict[str, UserMovies]:
@@ -201,8 +213,13 @@ def _path(folder: Path, split: str, kind: str) -> Path:
 
 def _inputs(folder: Path, num_users: int) -> dict:
     """What the index is made from: its format, the user count, and each source file's bytes and rows."""
-    files = {name: {"bytes": (folder / name).stat().st_size, "rows": num_rows(folder / name)} for name in SOURCES.values()}
+    files = {name: _source(folder / name) for name in SOURCES.values()}
     return {"format": FORMAT, "users": num_users, "made_from": files}
+
+
+def _source(path: Path) -> dict:
+    """What the index records of one source file: its bytes and rows (from the footer)."""
+    return {"bytes": path.stat().st_size, "rows": num_rows(path)}
 
 
 def _replace(path: Path, write) -> None:

@@ -1,4 +1,5 @@
-"""Plots of a run: training / validation curves against the baselines, and predictions against true ratings."""
+"""Plots of a run (training / validation curves against the baselines, predictions against true ratings), of a sweep
+and of a study (`mmdlrm tune`: each trial's value, the keys' importances)."""
 
 from __future__ import annotations
 
@@ -81,4 +82,35 @@ def plot_sweep(names: list[str], val: list[float], test: list[float], metric: st
     ax.set(ylabel=metric.upper(), title=f"Sweep: {metric} per point (* chosen on validation)")
     ax.grid(alpha=0.3, axis="y")
     ax.legend()
+    return _save(fig, path)
+
+
+def plot_tune_history(numbers: list[int], values: list[float | None], states: list[str], metric: str,
+                      higher_is_better: bool, path: str | Path) -> Path:  # fmt: skip
+    """Each trial's validation `metric` (pruned trials at their last epoch, marked x) and the best so far."""
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for state, marker, label in (("COMPLETE", "o", "finished"), ("PRUNED", "x", "pruned (last epoch)")):
+        xs = [n for n, v, s in zip(numbers, values, states) if s == state and v is not None]
+        ys = [v for v, s in zip(values, states) if s == state and v is not None]
+        if xs:
+            ax.scatter(xs, ys, marker=marker, label=label, color="C0" if state == "COMPLETE" else "C3")
+    best, line = None, []
+    for n, v, s in zip(numbers, values, states):
+        if s == "COMPLETE" and v is not None and (best is None or (v > best if higher_is_better else v < best)):
+            best = v
+        line.append(best)
+    ax.step(numbers, [float("nan") if b is None else b for b in line], where="post", color="C1", label="best so far")
+    ax.set(xlabel="trial", ylabel=metric, title=f"Optimisation history: {metric} per trial (chosen on validation)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_importances(importances: dict[str, float], metric: str, path: str | Path) -> Path:
+    """How much each searched key moved `metric` across the finished trials (shares summing to 1)."""
+    names = list(importances)[::-1]
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(names) + 1.5))
+    ax.barh(names, [importances[n] for n in names])
+    ax.set(xlabel="importance (share)", title=f"Parameter importances for {metric} (PED-ANOVA)")
+    ax.grid(alpha=0.3, axis="x")
     return _save(fig, path)

@@ -1,0 +1,1 @@
+"""`mmdlrm tune`: a validation-driven search over config overrides (space, study, outputs)."""
