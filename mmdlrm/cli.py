@@ -1,8 +1,6 @@
 """Command line: synth | prepare | features | train | sweep | tune | evaluate | plan | export | index | inspect |
 recommend | serve | report.
 
-The only place that reads argv.
-
 Every knob is a config field: `key=value` overrides after the options (e.g. `train.batch_size=1024`,
 `data.split=temporal`, `data.synthetic.num_ratings=25000000`); options only name files, runs and ids.
 """
@@ -17,25 +15,31 @@ from pathlib import Path
 
 from mmdlrm.config import ConfigError, load_config
 
+# The only place that reads argv.
 log = logging.getLogger("mmdlrm")
+
+
+def _command(parent, name: str, text: str) -> argparse.ArgumentParser:
+    """A subcommand whose own --help opens with the sentence its parent's list shows."""
+    return parent.add_parser(name, help=text, description=text)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmdlrm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    synth = sub.add_parser("synth", help="write a synthetic release in ml-25m CSV format (sized by data.synthetic.*)")
+    synth = _command(sub, "synth", "write a synthetic release in ml-25m CSV format (sized by data.synthetic.*)")
     synth.add_argument("out", type=Path, help="folder to write ratings.csv, movies.csv, links.csv, tags.csv, truth.npz")
 
-    prepare = sub.add_parser("prepare", help="turn a MovieLens release folder into a prepared Parquet dataset (data.*)")
+    prepare = _command(sub, "prepare", "turn a MovieLens release folder into a prepared Parquet dataset (data.*)")
     prepare.add_argument("source", type=Path, help="release folder (ml-25m, ml-1m, ml-100k, ...)")
     prepare.add_argument("--out", type=Path, required=True, help="folder for the prepared dataset (new, or one prepare wrote)")
 
-    train = sub.add_parser("train", help="train, validate, early-stop, test beside the baselines, write plots")
-    sweep = sub.add_parser("sweep", help="train a grid of config overrides, choose on validation, tabulate")
+    train = _command(sub, "train", "train, validate, early-stop, test beside the baselines, write plots")
+    sweep = _command(sub, "sweep", "train a grid of config overrides, choose on validation, tabulate")
     sweep.add_argument("--grid", type=Path, required=True, help="YAML: dotted config key -> list of values to try")
     sweep.add_argument("--name", help="the sweep's folder under output_dir (default: the grid file's name)")
-    tune = sub.add_parser("tune", help="search config overrides on validation (Optuna, pruned per epoch), then train the "
+    tune = _command(sub, "tune", "search config overrides on validation (Optuna, pruned per epoch), then train the "
                           "best once and test it")
     tune.add_argument("--trials", type=_positive, required=True, help="trials the study holds when done (a study run "
                       "again, or by several processes at once, goes on to this many)")
@@ -45,17 +49,17 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--space", type=Path, help="YAML: config keys and their ranges (default: the task's space, "
                       "README \"Tuning\")")
     tune.add_argument("--name", help="the study's folder under output_dir (default: the config's name + -tune)")
-    evaluate = sub.add_parser("evaluate", help="test a trained run's best checkpoint beside the baselines")
+    evaluate = _command(sub, "evaluate", "test a trained run's best checkpoint beside the baselines")
     evaluate.add_argument("run", type=Path, help="run folder (holds config.yaml and checkpoints/best)")
-    features = sub.add_parser("features", help="movie content vectors: `clip` encodes, `summaries` gathers texts, "
+    features = _command(sub, "features", "movie content vectors: `clip` encodes, `summaries` gathers texts, "
                               "`probe` measures what they say about ratings")
     features_sub = features.add_subparsers(dest="features_command", required=True)
-    clip = features_sub.add_parser("clip", help="encode each movie's poster and summary once into the feature store "
+    clip = _command(features_sub, "clip", "encode each movie's poster and summary once into the feature store "
                                    "(features.posters, features.summaries, features.store)")
-    probe = features_sub.add_parser("probe", help="content-only probe: how well ridge fits on genres and year, poster "
+    probe = _command(features_sub, "probe", "content-only probe: how well ridge fits on genres and year, poster "
                                     "and text vectors predict held-out movies' ratings (no recommender involved)")
     probe.add_argument("--out", type=Path, help="JSON to write (default <output_dir>/probes/<name>-seed<data.seed>.json)")
-    texts = features_sub.add_parser("summaries", help="write summaries.csv (a row per movie and source) from TMDB / MeLU / DBpedia texts")
+    texts = _command(features_sub, "summaries", "write summaries.csv (a row per movie and source) from TMDB / MeLU / DBpedia texts")
     texts.add_argument("--links", type=Path, help="MovieLens links.csv, or the release folder holding it (maps "
                        "TMDB ids to movieIds; only the CSV releases have one)")
     texts.add_argument("--tmdb", type=Path, help="TMDB movies CSV with id, overview [, tagline, keywords] (joined through --links)")
@@ -63,19 +67,19 @@ def _parser() -> argparse.ArgumentParser:
     texts.add_argument("--dbpedia", type=Path, help="JSON {movieId: abstract}")
     texts.add_argument("--out", type=Path, required=True, help="summaries CSV to write")
 
-    inspect = sub.add_parser("inspect", help="what a run learnt: genres, movies, ranking quality")
+    inspect = _command(sub, "inspect", "what a run learnt: genres, movies, ranking quality")
     inspect_sub = inspect.add_subparsers(dest="inspect_command", required=True)
-    genres = inspect_sub.add_parser("genres", help="genre similarity heatmap, projection, nearest genres")
-    movies = inspect_sub.add_parser("movies", help="nearest movies to one movie, by learnt embedding")
+    genres = _command(inspect_sub, "genres", "genre similarity heatmap, projection, nearest genres")
+    movies = _command(inspect_sub, "movies", "nearest movies to one movie, by learnt embedding")
     movies.add_argument("--movie", type=int, required=True, help="MovieLens movieId")
     movies.add_argument("-k", type=_positive, default=10, help="how many movies")
-    ranking = inspect_sub.add_parser("ranking", help="Recall/NDCG/HitRate@10,20 on test users vs popularity and EASE")
+    ranking = _command(inspect_sub, "ranking", "Recall/NDCG/HitRate@10,20 on test users vs popularity and EASE")
     ranking.add_argument("--users", type=_positive, default=500, help="test users sampled (full ranking for each)")
     ranking.add_argument("--ranker", type=Path, help="for a retrieval run: a ranking or rating run that re-ranks its "
                          "candidates (adds the ranker alone and the two stages to the table)")
     for command in (genres, movies, ranking):
         command.add_argument("run", type=Path, help="run folder written by `mmdlrm train`")
-    recommend = sub.add_parser("recommend", help="a user's top-k unseen movies, or a movie's nearest movies")
+    recommend = _command(sub, "recommend", "a user's top-k unseen movies, or a movie's nearest movies")
     recommend.add_argument("run", type=Path, help="run folder written by `mmdlrm train`")
     who = recommend.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", type=int, help="MovieLens userId")
@@ -90,22 +94,24 @@ def _parser() -> argparse.ArgumentParser:
                            "data) that re-ranks the retrieved candidates (model.retrieval.candidates of them)")
     recommend.add_argument("--out", type=Path, help="with --all-users: the Parquet file to write")
 
-    serve = sub.add_parser("serve", help="answer recommendations over HTTP (JSON API, docs at /docs) with a page at /")
+    serve = _command(sub, "serve", "answer recommendations over HTTP (JSON API, docs at /docs) with a page at /")
     serve.add_argument("run", type=Path, help="run folder written by `mmdlrm train` (a retrieval run is served from its index)")
     serve.add_argument("--ranker", type=Path, help="for a retrieval run: a ranking or rating run that re-ranks its candidates")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=_port, default=8000, help="port to listen on (default 8000)")
 
-    index = sub.add_parser("index", help="(re)build a retrieval run's FAISS index of movie vectors (<run>/index.faiss)")
+    index = _command(sub, "index", "(re)build a retrieval run's FAISS index of movie vectors (<run>/index.faiss)")
     index.add_argument("run", type=Path, help="run folder of a model.task=retrieval run")
 
-    report = sub.add_parser("report", help="one self-contained HTML page for a run (<run>/report.html)")
+    report = _command(sub, "report", "one self-contained HTML page for a run (<run>/report.html)")
     report.add_argument("run", type=Path, help="run folder written by `mmdlrm train`")
     report.add_argument("--out", type=Path, help="HTML file to write (default <run>/report.html)")
     report.add_argument("--ranker", type=Path, help="for a retrieval run: the run that re-ranks its candidates in the sample lists")
 
-    plan = sub.add_parser("plan", help="shard the run's tables over a described cluster with TorchRec's planner: "
-                          "the plan, memory and time per rank (no GPU needed; without options: this machine)")
+    plan = _command(sub, "plan", "shard the run's tables over a described cluster with TorchRec's planner: "
+                          "the plan, memory and time per rank (no GPU needed). Without --nodes, --gpus-per-node, --hbm-gib, --ddr-gib "
+                    "or --device it plans this machine's training world; with any of them, a cluster whose other "
+                    "settings take the defaults below")
     plan.add_argument("--nodes", type=_positive, help="nodes of the described cluster (default 1)")
     plan.add_argument("--gpus-per-node", type=_positive, help="ranks per node: GPUs, or CPU processes (default 8)")
     plan.add_argument("--hbm-gib", type=float, help="GPU memory per rank in GiB (default 80)")
@@ -116,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--out", type=Path, help="folder for plan.txt and plan.json (default <output_dir>/plans/<name>-"
                       "<nodes>x<ranks per node>-<device>)")  # fmt: skip
 
-    export = sub.add_parser("export", help="write a run's best model as one plain file (<run>/model.pt)")
+    export = _command(sub, "export", "write a run's best model as one plain file (<run>/model.pt)")
     export.add_argument("run", type=Path, help="run folder written by `mmdlrm train`")
     export.add_argument("--out", type=Path, help="file to write (default <run>/model.pt)")
     for command in (synth, prepare, train, sweep, tune, evaluate, clip, probe, plan):
@@ -321,7 +327,7 @@ def _recommend_all(args: argparse.Namespace) -> int:
     try:
         rank0_decides(env, lambda: open_recommender(args.run, args.ranker) and None)  # export, index: once, on rank 0
         recommender = open_recommender(args.run, args.ranker)
-        recommend_all(recommender, args.k, args.out, env, progress=sys.stderr.isatty())
+        recommend_all(recommender, args.k, args.out, env)
     finally:
         teardown()
     return 0

@@ -57,8 +57,9 @@ class Block:
     rows: list[tuple[str, dict[str, float]]]
 
     def text(self) -> str:
-        lines = [f"{self.title:<18}" + "".join(f"{n.upper():>12}" for n in self.names)]
-        lines += [f"{label:<18}" + "".join(f"{values[n]:>12.4f}" for n in self.names) for label, values in self.rows]
+        width = max([18, len(self.title), *(len(label) for label, _ in self.rows)])  # every number under its name
+        lines = [f"{self.title:<{width}}" + "".join(f"{n.upper():>12}" for n in self.names)]
+        lines += [f"{label:<{width}}" + "".join(f"{values[n]:>12.4f}" for n in self.names) for label, values in self.rows]
         return "\n".join(lines)
 
 

@@ -417,6 +417,8 @@ def _write_outputs(result: TrainResult, task: Task, preds: torch.Tensor | None, 
                  result.best_epoch, task.monitor, best)  # fmt: skip
         return
     log.info("test results (best epoch %d):\n%s", result.best_epoch, task.results_table(result.test, result.baselines))
+    log.info("run written to %s (results.json, plots/, checkpoints/best); next: `mmdlrm recommend %s --user <userId>`, "
+             "`mmdlrm report %s`", run_dir, run_dir, run_dir)  # fmt: skip
 
 
 def _log_embeddings(board: Board, run_dir: Path, data: Prepared) -> None:

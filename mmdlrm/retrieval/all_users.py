@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,12 @@ def recommend_all(recommender: Recommender, k: int, out: str | Path, env: DistEn
     user_ids = np.asarray(data.users["user_id"], dtype=np.int64)
     movie_ids = np.asarray(data.movies["movie_id"], dtype=np.int64)
     tables = []
-    bar = tqdm(total=stop - start, unit="user", desc="top-k", disable=not (progress and env.is_rank0), mininterval=1.0)
+    if env.is_rank0:
+        log.info("top %d for %s users from %s (%s), %s processes, into %s", k, f"{data.num_users:,}", run.folder,
+                 recommender.name, env.world_size, out)  # fmt: skip
+    # A terminal gets a live bar; a log file a line every half minute, so a long run is never silent.
+    bar = tqdm(total=stop - start, unit="user", desc="top-k", disable=not (progress and env.is_rank0),
+               mininterval=1.0 if sys.stderr.isatty() else 30.0)  # fmt: skip
     for first in range(start, stop, USERS_PER_BATCH):
         users = np.arange(first, min(first + USERS_PER_BATCH, stop))
         movies, scores = recommender.top_k(users, k, seen.of_users(users))

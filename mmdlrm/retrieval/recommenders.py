@@ -32,7 +32,7 @@ from mmdlrm.data.seen import SeenMovies
 from mmdlrm.evaluation.ranking import Scorer
 from mmdlrm.inspection.run import Run, open_run
 from mmdlrm.retrieval.index import IndexFileError, MovieIndex, build_index, load_index, recall_against_exact, save_index
-from mmdlrm.retrieval.index import model_fingerprint, settings_of
+from mmdlrm.retrieval.index import INDEX_FILE, model_fingerprint, settings_of
 from mmdlrm.retrieval.two_stages import combine, settings_for
 from mmdlrm.tasks import RetrievalTask
 
@@ -228,7 +228,10 @@ def ensure_index(run: Run) -> MovieIndex:
     try:
         return load_index(run.folder, model_file)
     except IndexFileError as why:
-        log.info("building the movie index of %s (%s)", run.folder, why)
+        if (run.folder / INDEX_FILE).exists():
+            log.info("rebuilding the movie index of %s: the saved one cannot be used (%s)", run.folder, why)
+        else:
+            log.info("building the movie index of %s (every movie's candidate vector)", run.folder)
     return build_run_index(run)
 
 

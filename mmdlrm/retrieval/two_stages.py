@@ -35,7 +35,9 @@ WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 def combine(ranker: np.ndarray, retrieval: np.ndarray, weight: float) -> np.ndarray:
     """The second stage's scores of U users' candidates (U x N; -inf where a user has no candidate there)."""
-    return _standard(ranker) + weight * _standard(retrieval)
+    both = np.isfinite(ranker) & np.isfinite(retrieval)
+    mixed = _standard(ranker) + weight * np.where(both, _standard(retrieval), 0.0)  # 0 x -inf would be NaN
+    return np.where(both, mixed, -np.inf)
 
 
 def _standard(scores: np.ndarray) -> np.ndarray:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 from pathlib import Path
 
 import faiss
 import numpy as np
 import torch
 
-from mmdlrm.config import SYNTHETIC
+from mmdlrm.config import SYNTHETIC, ConfigError
 from mmdlrm.features.extract import feature_inputs
 from mmdlrm.features.inputs import read_posters
 from mmdlrm.inspection.recommend import recommend
@@ -51,6 +53,26 @@ def warm(recommender: Recommender) -> None:
         recommender.top_k_for_history([np.array([0])], 10, [np.array([0])])
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before the model loads: a port another program holds is said at once.
+
+    Raises:
+        ConfigError: the address cannot be bound (in use, not this machine's, a privileged port).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        hint = (f"another program listens there; pass --port with a free one (e.g. --port {port + 1 if port < 65535 else 8000})"
+                if err.errno == errno.EADDRINUSE else "pass --host with an address of this machine (127.0.0.1: this machine only) "
+                "and --port above 1023")  # fmt: skip
+        raise ConfigError(f"mmdlrm serve cannot listen on {host}:{port} ({err.strerror}): {hint}") from None
+    return sock
+
+
 def serve(run_dir: Path, ranker_dir: Path | None = None, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve the run in `run_dir` (re-ranked by `ranker_dir`) at http://host:port/ until interrupted.
 
@@ -62,6 +84,7 @@ def serve(run_dir: Path, ranker_dir: Path | None = None, host: str = "127.0.0.1"
 
     from mmdlrm.serving.app import create_app
 
+    sock = listening_socket(host, port)
     one_thread_per_request()
     recommender = open_recommender(run_dir, ranker_dir)
     posters = poster_files(recommender.run)
@@ -72,5 +95,6 @@ def serve(run_dir: Path, ranker_dir: Path | None = None, host: str = "127.0.0.1"
              recommender.run.data.num_movies, f", {len(posters):,} posters" if posters else "", host, port)  # fmt: skip
     if problem is not None:
         log.warning("visitors (POST /recommend) are refused: %s", problem)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, limit_concurrency=CONCURRENCY_MAX,
-                timeout_graceful_shutdown=5)  # fmt: skip
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                            limit_concurrency=CONCURRENCY_MAX, timeout_graceful_shutdown=5)  # fmt: skip
+    uvicorn.Server(config).run(sockets=[sock])

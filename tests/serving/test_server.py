@@ -228,3 +228,16 @@ def test_the_page_in_headless_chromium_finds_a_title_adds_it_and_shows_recommend
             assert title not in shown
         finally:
             browser.close()
+
+
+def test_a_port_another_program_holds_is_refused_before_the_model_loads(runs, served, monkeypatch, capsys):
+    def never(*args, **kwargs):  # the socket is bound first: the run is never opened
+        raise AssertionError("the model was loaded before the port was checked")
+
+    monkeypatch.setattr("mmdlrm.serving.server.open_recommender", never)
+    port = served.port
+    assert main(["serve", str(runs["retrieval"]), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"mmdlrm serve cannot listen on 127.0.0.1:{port} (Address already in use): another program listens there; " \
+           f"pass --port with a free one (e.g. --port {port + 1})" in err, err
+    assert httpx.get(f"{served.url}/health", timeout=30).status_code == 200
