@@ -24,12 +24,12 @@ from mmdlrm.data.prepare import Prepared, ensure_prepared, load_prepared
 
 FULL = {"ratings": 25_000_000, "users": 162_000, "movies": 62_000, "steps": 40, "repeats": 3, "notebook_rows": 100_000,
         "configs": ["configs/debug.yaml", "configs/ml25m.yaml"], "sharding_steps": 40, "bandwidth_mb": 512,
-        "expected_s": {"dataset": 120, "prepare": 60, "batches": 15, "bandwidth": 5,
-                       "training configs/debug.yaml": 60, "training configs/ml25m.yaml": 150,
-                       "processes configs/debug.yaml": 60, "processes configs/debug.yaml clip": 60,
-                       "processes configs/ml25m.yaml": 240, "processes configs/ml25m.yaml clip": 90}}  # fmt: skip
-"""Expected seconds per stage on an idle 2-core machine (860 s in all, 740 s with the dataset cached): estimates
-from the stages' work and the 2026-11-22 idle results, until an idle run of this suite replaces them."""
+        "expected_s": {"dataset": 600, "prepare": 90, "batches": 5, "bandwidth": 5,
+                       "training configs/debug.yaml": 30, "training configs/ml25m.yaml": 210,
+                       "processes configs/debug.yaml": 45, "processes configs/debug.yaml clip": 45,
+                       "processes configs/ml25m.yaml": 170, "processes configs/ml25m.yaml clip": 70}}  # fmt: skip
+"""Expected seconds per stage on an idle 2-core machine: the idle run of 2026-11-29 (542 s in all, the dataset
+cached) plus about a quarter. The dataset's generation was timed only on a loaded machine (1,108 s at load 4-5)."""
 QUICK = {"ratings": 200_000, "users": 5_000, "movies": 1_000, "steps": 8, "repeats": 2, "notebook_rows": 4_000,
          "configs": ["configs/debug.yaml"], "sharding_steps": 5, "bandwidth_mb": 128,
          "expected_s": {"dataset": 20, "prepare": 10, "batches": 5, "bandwidth": 5, "training configs/debug.yaml": 30,
