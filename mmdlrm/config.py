@@ -580,6 +580,10 @@ def config_tree(path: str | Path | None = None, overrides: list[str] | tuple[str
     tree: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            shipped = ", ".join(sorted(p.name for p in path.glob("*.yaml"))[:6])
+            listed = f" ({shipped}, ...)" if shipped else ""
+            raise FileNotFoundError(f"config file {path} is a folder; name a YAML file in it{listed}")
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} not found; the configs/ folder lists the shipped ones")
         loaded = read_yaml(path)

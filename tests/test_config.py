@@ -73,6 +73,9 @@ def test_broken_yaml_and_a_config_given_without_config_name_the_file_line_and_fi
 def test_missing_config_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="configs/ folder lists"):
         load_config(tmp_path / "nope.yaml")
+    (tmp_path / "a.yaml").write_text("name: a\n")
+    with pytest.raises(FileNotFoundError, match=r"is a folder; name a YAML file in it \(a\.yaml, \.\.\.\)"):
+        load_config(tmp_path)
 
 
 @pytest.mark.parametrize("override", ["train.dense_lr=nan", "sharding.sparse_lr=.inf", "data.synthetic.noise=-.inf"])

@@ -30,7 +30,7 @@ from mmdlrm.config import ConfigError
 from mmdlrm.data.batches import SplitRows
 from mmdlrm.data.seen import SeenMovies
 from mmdlrm.evaluation.ranking import Scorer
-from mmdlrm.inspection.run import Run, open_run
+from mmdlrm.inspection.run import Run, check_run_folder, open_run
 from mmdlrm.retrieval.index import IndexFileError, MovieIndex, build_index, load_index, recall_against_exact, save_index
 from mmdlrm.retrieval.index import INDEX_FILE, model_fingerprint, settings_of
 from mmdlrm.retrieval.two_stages import combine, settings_for
@@ -253,6 +253,9 @@ def build_run_index(run: Run) -> MovieIndex:
 
 def open_recommender(run_dir: str | Path, ranker_dir: str | Path | None = None) -> Recommender:
     """The recommender of the run in `run_dir` (and the ranker run in `ranker_dir`): see `recommender_for`."""
+    for folder in (run_dir, ranker_dir):  # both named before either model loads
+        if folder is not None:
+            check_run_folder(Path(folder))
     return recommender_for(open_run(run_dir), open_run(ranker_dir) if ranker_dir is not None else None)
 
 

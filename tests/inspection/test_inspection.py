@@ -158,3 +158,21 @@ def test_a_damaged_model_pt_says_to_export_again_and_that_works(run, tmp_path, d
     again = capsys.readouterr().out
     assert main(["recommend", str(run), "--user", "1", "-k", "3"]) == 0
     assert again == capsys.readouterr().out.replace(str(run), str(copy))
+
+
+def test_a_missing_folder_and_a_folder_of_runs_are_named_for_what_they_are(run, tmp_path, capsys):
+    assert main(["recommend", str(tmp_path / "nope"), "--user", "1"]) == 2
+    assert f"{tmp_path / 'nope'}: no such run folder; runs are under output_dir" in capsys.readouterr().err
+    shutil.copytree(run, tmp_path / "runs" / "mine")
+    assert main(["recommend", str(tmp_path / "runs"), "--user", "1"]) == 2
+    assert f"{tmp_path / 'runs'}: a folder of runs, not a run; name one of them: {tmp_path / 'runs' / 'mine'}" in \
+        capsys.readouterr().err
+
+
+def test_a_missing_ranker_is_named_before_any_model_loads(run, tmp_path, monkeypatch, capsys):
+    def never(folder):
+        raise AssertionError(f"{folder} was loaded before the folders were checked")
+
+    monkeypatch.setattr("mmdlrm.retrieval.recommenders.open_run", never)
+    assert main(["recommend", str(run), "--user", "1", "--ranker", str(tmp_path / "nope")]) == 2
+    assert f"{tmp_path / 'nope'}: no such run folder" in capsys.readouterr().err
