@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
