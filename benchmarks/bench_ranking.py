@@ -25,31 +25,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import print_table, write_json  # noqa: E402
-from mmdlrm.config import load_config  # noqa: E402
-from mmdlrm.distributed.env import init_distributed, teardown  # noqa: E402
+from benchmarks.common import print_table, trained, write_json  # noqa: E402
 from mmdlrm.inspection.commands import inspect_ranking  # noqa: E402
 from mmdlrm.inspection.recommend import recommend  # noqa: E402
 from mmdlrm.inspection.run import open_run  # noqa: E402
 from mmdlrm.retrieval.recommenders import recommender_for  # noqa: E402
-from mmdlrm.run_folder import RunFinished  # noqa: E402
-from mmdlrm.train import train  # noqa: E402
 
 CONFIGS = {"ranking": "configs/ml-latest-small-ranking.yaml", "retrieval": "configs/ml-latest-small-retrieval.yaml",
            "rating": "configs/ml-latest-small.yaml"}
 
-
-def trained(config: str, overrides: list[str]) -> Path:
-    """The run of `config` (trained now, or found finished)."""
-    cfg = load_config(REPO / config, overrides)
-    env = init_distributed(cfg.train.device)
-    try:
-        train(cfg, env)
-    except RunFinished:
-        pass
-    finally:
-        teardown()
-    return cfg.run_dir
 
 
 def main() -> None:

@@ -35,15 +35,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import print_table, write_json  # noqa: E402
-from mmdlrm.config import load_config  # noqa: E402
-from mmdlrm.distributed.env import init_distributed, teardown  # noqa: E402
+from benchmarks.common import print_table, trained, write_json  # noqa: E402
 from mmdlrm.inspection.recommend import recommend, recommend_liked  # noqa: E402
 from mmdlrm.retrieval.recommenders import open_recommender  # noqa: E402
-from mmdlrm.run_folder import RunFinished  # noqa: E402
 from mmdlrm.serving.process import ServerProcess  # noqa: E402
 from mmdlrm.serving.server import one_thread_per_request  # noqa: E402
-from mmdlrm.train import train  # noqa: E402
 
 K = 10
 LIKED = 10
@@ -77,18 +73,6 @@ QUICK = {"synthetic-2k": {"config": "configs/debug.yaml", "retrieval": ["model.t
                                      "data.synthetic.num_ratings=60000", "data.synthetic.media=false",
                                      "model.user_id=false", "model.history_length=20", "train.max_epochs=1"]}}  # fmt: skip
 
-
-def trained(config: str, overrides: list[str]) -> Path:
-    """The run of `config` with `overrides` (trained now, or found finished)."""
-    cfg = load_config(REPO / config, overrides)
-    env = init_distributed(cfg.train.device)
-    try:
-        train(cfg, env)
-    except RunFinished:
-        pass
-    finally:
-        teardown()
-    return cfg.run_dir
 
 
 def workload(run_dir: Path, seed: int = 0) -> tuple[list[int], list[list[int]]]:

@@ -124,3 +124,21 @@ def write_json(name: str, payload: dict, out: str | Path | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"benchmark": name, "machine": machine(), **payload}, indent=2) + "\n")
     return path
+
+
+def trained(config: str, overrides: list[str]) -> Path:
+    """The run of `config` (a path from the repository root) with `overrides`: trained now, or found finished."""
+    from mmdlrm.config import load_config
+    from mmdlrm.distributed.env import init_distributed, teardown
+    from mmdlrm.run_folder import RunFinished
+    from mmdlrm.train import train
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / config, overrides)
+    env = init_distributed(cfg.train.device)
+    try:
+        train(cfg, env)
+    except RunFinished:
+        pass
+    finally:
+        teardown()
+    return cfg.run_dir
