@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def plot_curves(epochs: list[dict], baselines: dict[str, dict], metric: str, higher_is_better: bool, path: str | Path) -> Path:
@@ -27,6 +28,8 @@ def plot_curves(epochs: list[dict], baselines: dict[str, dict], metric: str, hig
     right.set(xlabel="epoch", ylabel=metric.upper(), title=f"Validation {metric.upper()}")
     right.grid(alpha=0.3)
     right.legend()
+    for axes in (left, right):  # epochs are whole numbers: no 0.5 ticks on a short run
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     return _save(fig, path)
 
 

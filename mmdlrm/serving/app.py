@@ -196,11 +196,11 @@ def create_app(recommender: Recommender, posters: dict[int, Path] | None = None)
     def health() -> dict:
         return service.health()
 
-    @app.get("/posters/{movie_id}", responses={404: {"model": Problem}}, summary="a movie's poster image")
-    def poster(movie_id: int) -> FileResponse:
-        path = service.posters.get(movie_id)
+    @app.get("/posters/{movieId}", responses={404: {"model": Problem}}, summary="a movie's poster image")
+    def poster(movieId: int) -> FileResponse:  # noqa: N803 (the name a bad value's error shows: the API's own)
+        path = service.posters.get(movieId)
         if path is None or not path.is_file():
-            raise UnknownIdError(f"movie {movie_id} has no poster in this run's release")
+            raise UnknownIdError(f"movie {movieId} has no poster in this run's release")
         return FileResponse(path, headers={"Cache-Control": "max-age=86400"})
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -275,8 +275,9 @@ def _sentence(error: dict) -> str:
         return f"unknown field {field!r} in the body; it takes liked and k, e.g. {EXAMPLE_BODY}"
     if field == "q":
         return f"q must be 1 to {QUERY_MAX} characters of a title"
-    if field in ("user", "movie", "movie_id"):
-        return f"{field} must be a whole number (a MovieLens id); got {given!r}"
+    if field in ("user", "movie", "movieId"):
+        where = f"/posters/{given}: the poster's movieId" if where == "path" else field
+        return f"{where} must be a whole number (a MovieLens id); got {given!r}"
     return f"{where} {field}: {error.get('msg', 'invalid')}; got {given!r}"
 
 

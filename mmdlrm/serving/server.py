@@ -11,28 +11,15 @@ import faiss
 import numpy as np
 import torch
 
-from mmdlrm.config import SYNTHETIC, ConfigError
-from mmdlrm.features.extract import feature_inputs
-from mmdlrm.features.inputs import read_posters
+from mmdlrm.config import ConfigError
+from mmdlrm.inspection.posters import poster_files
 from mmdlrm.inspection.recommend import recommend
-from mmdlrm.inspection.run import Run
 from mmdlrm.retrieval.recommenders import Recommender, open_recommender
 
 log = logging.getLogger("mmdlrm")
 
 CONCURRENCY_MAX = 256
 """Connections and requests held at once; beyond them uvicorn answers 503 instead of queueing without bound."""
-
-
-def poster_files(run: Run) -> dict[int, Path]:
-    """movieId -> poster image, where the run's config names posters (`features.posters`) or its release is a
-    synthetic one with a posters/ folder; empty otherwise."""
-    release = Path(run.data.manifest["source"]["folder"])
-    source, _ = feature_inputs(run.model.config.features, release, run.model.config.data.source == SYNTHETIC)
-    if source is None or not Path(source).exists():
-        return {}
-    catalogue = set(run.data.movies["movie_id"].tolist())
-    return {m: path for m, path in read_posters(source).items() if m in catalogue}
 
 
 def one_thread_per_request() -> None:

@@ -178,3 +178,17 @@ def test_a_malformed_grid_file_is_named_with_its_line(tmp_path, capsys):
     assert main(["sweep", "--config", DEBUG, "--grid", str(grid), f"output_dir={tmp_path / 'runs'}"]) == 2
     err = capsys.readouterr().err
     assert f"mmdlrm sweep: error: {grid} line 2, column 14: not valid YAML (" in err and "<unicode string>" not in err
+
+
+@pytest.mark.parametrize("args, sentence", [
+    (["--all-users", "-k", "5"], "--all-users writes a Parquet file: give --out"),
+    (["--user", "1", "--out", "x.parquet"], "--out goes with --all-users"),
+])  # fmt: skip
+def test_recommend_options_that_do_not_go_together_are_refused_before_torch_loads(tmp_path, args, sentence):
+    import subprocess
+    import sys
+
+    probe = ("import sys; from mmdlrm.cli import main; "
+             f"code = main(['recommend', 'runs/x', *{args!r}]); print(code, 'torch' in sys.modules)")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert done.stdout.split() == ["2", "False"] and sentence in done.stderr

@@ -139,6 +139,7 @@ BAD = [
     ("GET", "/similar?movie=1&k=3", None, 404, "movie 1 is not in this model's catalogue"),
     ("GET", "/similar?movie=2&k=0", None, 422, "k must be a whole number"),
     ("GET", "/movies?q=", None, 422, "q must be 1 to"),
+    ("GET", "/posters/abc", None, 422, "/posters/abc: the poster's movieId must be a whole number (a MovieLens id)"),
     ("POST", "/recommend", b'{"liked": [2, 3', 422, "the request body is not valid JSON"),
     ("POST", "/recommend", b"", 422, "the request has no JSON body"),
     ("POST", "/recommend", b'{"liked": [], "k": 5}', 422, "liked is empty"),
