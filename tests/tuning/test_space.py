@@ -114,3 +114,15 @@ def test_a_space_whose_values_the_config_refuses_is_named_before_any_trial(tmp_p
     space = _space(tmp_path, "params:\n  model.embedding_dim: {choices: [16, 30]}\n")
     with pytest.raises(ConfigError, match="model.embedding_dim=30 makes no valid config .* multiple of 4"):
         _check_space(space, REPO / "configs" / "debug.yaml", [])
+
+
+def test_the_shipped_ranking_space_holds_the_ranking_config_and_only_valid_values():
+    config = REPO / "configs" / "ml-latest-small-ranking.yaml"
+    space = read_space(REPO / "configs" / "spaces" / "ranking-hour.yaml")
+    base = load_config(config)
+    values, notes = space.base_values(base)
+    assert notes == []  # its first trial is the shipped ranking config, unmoved
+    assert space.values(values)["model.ranking.negatives"] == 64 and space.values(values)["train.batch_size"] == 128
+    history = next(p for p in space.params if p.key == "model.history_length")
+    assert max(history.choices) < 200  # the slow corner of the default space is left out
+    _check_space(space, config, [])
