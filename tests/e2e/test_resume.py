@@ -71,7 +71,10 @@ def test_killed_mid_epoch_run_resumes_to_the_uninterrupted_result(tmp_path):
 def test_ctrl_c_says_how_to_go_on_and_the_same_command_resumes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = tmp_path / "runs" / "stopped"
-    process = subprocess.Popen(_command(tmp_path, "stopped"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C as a terminal sends it, whatever this suite's own SIGINT handling (a runner started in the background
+    # with `cmd &` ignores SIGINT, and a child would inherit that and never see the signal).
+    process = subprocess.Popen(_command(tmp_path, "stopped"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None and _last_meta(run) is None:
         time.sleep(0.01)
