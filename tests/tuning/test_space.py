@@ -116,13 +116,15 @@ def test_a_space_whose_values_the_config_refuses_is_named_before_any_trial(tmp_p
         _check_space(space, REPO / "configs" / "debug.yaml", [])
 
 
-def test_the_shipped_ranking_space_holds_the_ranking_config_and_only_valid_values():
+@pytest.mark.parametrize("name", ["ranking-hour.yaml", "ranking-near.yaml"])
+def test_the_shipped_ranking_spaces_hold_the_ranking_config_and_only_valid_values(name):
     config = REPO / "configs" / "ml-latest-small-ranking.yaml"
-    space = read_space(REPO / "configs" / "spaces" / "ranking-hour.yaml")
+    space = read_space(REPO / "configs" / "spaces" / name)
     base = load_config(config)
     values, notes = space.base_values(base)
     assert notes == []  # its first trial is the shipped ranking config, unmoved
-    assert space.values(values)["model.ranking.negatives"] == 64 and space.values(values)["train.batch_size"] == 128
-    history = next(p for p in space.params if p.key == "model.history_length")
-    assert max(history.choices) < 200  # the slow corner of the default space is left out
+    config_values = space.values(values)
+    assert config_values["model.embedding_dim"] == 32 and config_values["sharding.sparse_lr"] == pytest.approx(0.05)
+    slow = [p for p in space.params if p.key in ("model.history_length", "model.ranking.negatives")]
+    assert all(max(p.choices) < 200 and 128 not in p.choices for p in slow)  # the slow corners are left out
     _check_space(space, config, [])
