@@ -35,7 +35,6 @@ CONFIGS = {"ranking": "configs/ml-latest-small-ranking.yaml", "retrieval": "conf
            "rating": "configs/ml-latest-small.yaml"}
 
 
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", required=True, help="release folder (ml-latest-small or another MovieLens release)")

@@ -74,7 +74,6 @@ QUICK = {"synthetic-2k": {"config": "configs/debug.yaml", "retrieval": ["model.t
                                      "model.user_id=false", "model.history_length=20", "train.max_epochs=1"]}}  # fmt: skip
 
 
-
 def workload(run_dir: Path, seed: int = 0) -> tuple[list[int], list[list[int]]]:
     """Sampled known users, and for each a visitor who likes LIKED of that user's rated movies (MovieLens ids)."""
     recommender = open_recommender(run_dir)

@@ -174,11 +174,6 @@ def _quiet_libraries(rank: int) -> None:
     logging.getLogger().addFilter(lambda record: not str(record.msg).startswith("Sharding spec not found"))
 
 
-ALL_USERS_OUT = {True: "--all-users writes a Parquet file: give --out, e.g. --out recs.parquet",
-                 False: "--out goes with --all-users (a single user's list is printed)"}
-"""`recommend`'s --all-users and --out go together; what each alone is told."""
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run one command; user errors print one line and return 2 instead of a traceback."""
     parser = _parser()
@@ -190,8 +185,12 @@ def main(argv: list[str] | None = None) -> int:
         extra = [e for e in extra if not ("=" in e and not e.startswith("-"))]
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if args.command == "recommend" and (args.out is None) == args.all_users:  # said before seconds of imports
-        print(f"mmdlrm recommend: error: {ALL_USERS_OUT[args.all_users]}", file=sys.stderr)
+    # recommend's --all-users and --out go together: said here, before seconds of imports
+    if args.command == "recommend" and args.all_users and args.out is None:
+        print("mmdlrm recommend: error: --all-users writes a Parquet file: give --out, e.g. --out recs.parquet", file=sys.stderr)
+        return 2
+    if args.command == "recommend" and not args.all_users and args.out is not None:
+        print("mmdlrm recommend: error: --out goes with --all-users (a single user's list is printed)", file=sys.stderr)
         return 2
     from mmdlrm.distributed.env import launch_rank
 
@@ -309,8 +308,6 @@ def _inspect(args: argparse.Namespace) -> str:
     from mmdlrm.inspection import commands
 
     if args.command == "recommend":
-        if args.out is not None:
-            raise ConfigError(ALL_USERS_OUT[False])
         if args.similar is not None:
             return commands.inspect_movies(args.run, args.similar, args.k)
         if args.liked is not None:
@@ -325,8 +322,6 @@ def _inspect(args: argparse.Namespace) -> str:
 
 def _recommend_all(args: argparse.Namespace) -> int:
     """`recommend RUN --all-users -k K --out FILE`: every user's list, users shared out over the processes."""
-    if args.out is None:
-        raise ConfigError(ALL_USERS_OUT[True])
     from mmdlrm.distributed.env import init_distributed, rank0_decides, teardown
     from mmdlrm.retrieval.all_users import recommend_all
     from mmdlrm.retrieval.recommenders import open_recommender

@@ -276,8 +276,8 @@ def _sentence(error: dict) -> str:
     if field == "q":
         return f"q must be 1 to {QUERY_MAX} characters of a title"
     if field in ("user", "movie", "movieId"):
-        where = f"/posters/{given}: the poster's movieId" if where == "path" else field
-        return f"{where} must be a whole number (a MovieLens id); got {given!r}"
+        name = f"/posters/{given}: the poster's movieId" if where == "path" else field
+        return f"{name} must be a whole number (a MovieLens id); got {given!r}"
     return f"{where} {field}: {error.get('msg', 'invalid')}; got {given!r}"
 
 
